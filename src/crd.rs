@@ -1,0 +1,822 @@
+//! The `AWSRoleBinding` custom resource: "pods of service account S in this namespace may use
+//! IAM role R", and the checks that keep a bad binding from ever reaching STS.
+//!
+//! A binding is validated twice. The CRD schema carries bounds and CEL rules so that
+//! `kubectl apply` fails at once with a message that names the fix; [`validate`] repeats the
+//! same checks (plus the ones CEL cannot express, such as IAM's path-length limit and the
+//! session-length warning) so the controller can explain a binding that an older CRD let
+//! through, in its `Ready` condition. Formats are checked with CEL rules carrying a message
+//! rather than with `pattern`, because the API server's message for a failed pattern only
+//! repeats the regular expression.
+//!
+//! The spec only grows by optional fields (`sessionPolicy`, `sessionPolicyArns`, `chain` are
+//! planned), so objects stored today stay valid; [`Validated`] is the place to carry their
+//! parsed form.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of every credvend resource.
+pub const GROUP: &str = "credvend.io";
+/// The `sessionDuration` used when a binding does not set one (STS's own default).
+pub const DEFAULT_SESSION_DURATION: &str = "1h";
+/// The projected token audience used when a binding does not set one (what STS expects for
+/// an IAM OIDC provider configured the usual way).
+pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
+/// The condition type the controller maintains on every binding.
+pub const CONDITION_READY: &str = "Ready";
+
+/// STS refuses sessions shorter than 15 minutes.
+pub const MIN_SESSION_DURATION: Duration = Duration::from_secs(15 * 60);
+/// STS refuses sessions longer than 12 hours (and the role's own maximum may be lower).
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(12 * 60 * 60);
+/// Below this the agent cannot keep the lifetime it serves comfortably above the SDKs'
+/// 15-minute refresh window (see `ENDPOINT.md` §6 and the agent's renewal schedule): it renews
+/// with at least [`AGENT_RENEWAL_MARGIN`] left, so a 40-minute session is the shortest that
+/// still leaves 20 minutes between renewals.
+pub const RECOMMENDED_MIN_SESSION_DURATION: Duration = Duration::from_secs(40 * 60);
+/// The lifetime the agent keeps at renewal (mirrors `agent::schedule::MIN_REMAINING_AT_RENEWAL`).
+pub const AGENT_RENEWAL_MARGIN: Duration = Duration::from_secs(20 * 60);
+/// botocore and the AWS CLI re-fetch on every call when less than this remains.
+pub const SDK_REFRESH_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// IAM's limit on a role path, slashes included.
+const MAX_ROLE_PATH_LEN: usize = 512;
+/// IAM's limit on a role name.
+const MAX_ROLE_NAME_LEN: usize = 64;
+/// STS's limit on the `RoleArn` parameter.
+const MAX_ROLE_ARN_LEN: usize = 2048;
+
+// CEL rules. The regular expressions avoid backslashes so they read the same in Rust, CEL
+// and YAML; `[!-.0-~]` is printable ASCII without '/', which is what IAM allows in a path.
+/// Pods are labelled with the binding's name, and label values are at most 63 characters.
+pub const MAX_BINDING_NAME_LEN: usize = 63;
+const CEL_NAME_LENGTH: &str = "self.metadata.name.size() <= 63";
+const CEL_SERVICE_ACCOUNT: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+const CEL_ROLE_ARN: &str =
+    "self.matches('^arn:aws(-[a-z]+)*:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9_+=,.@-]{1,64}$')";
+const CEL_DURATION_FORMAT: &str = "self.matches('^([0-9]{1,5}h([0-9]{1,5}m)?([0-9]{1,5}s)?|[0-9]{1,5}m([0-9]{1,5}s)?|[0-9]{1,5}s)$')";
+// Guarded by the format rule so that a malformed value reports one error, not an evaluation error.
+const CEL_DURATION_RANGE: &str = "!self.matches('^([0-9]{1,5}h([0-9]{1,5}m)?([0-9]{1,5}s)?|[0-9]{1,5}m([0-9]{1,5}s)?|[0-9]{1,5}s)$') || (duration(self) >= duration('15m') && duration(self) <= duration('12h'))";
+const CEL_REGION: &str = "self.matches('^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$')";
+const CEL_STS_ENDPOINT: &str = "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && (url(self).getHostname() == '::1' || url(self).getHostname().matches('^127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}$'))))";
+
+/// Lets the pods of one service account obtain credentials for one IAM role.
+///
+/// The role's trust policy must trust the cluster's OIDC issuer for
+/// `system:serviceaccount:<namespace>:<serviceAccountName>` and the binding's audience.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[kube(
+    group = "credvend.io",
+    version = "v1alpha1",
+    kind = "AWSRoleBinding",
+    plural = "awsrolebindings",
+    shortname = "awsrb",
+    namespaced,
+    status = "AWSRoleBindingStatus",
+    derive = "PartialEq",
+    doc = "Lets the pods of one service account obtain short-lived credentials for one IAM role through the credvend agent.",
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.roleArn"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.pods"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new(CEL_NAME_LENGTH).message(
+        "AWSRoleBinding names are at most 63 characters, because pods are labelled credvend.io/binding=<name>"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSRoleBindingSpec {
+    /// The service account (in the binding's namespace) whose pods may use the role.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(CEL_SERVICE_ACCOUNT).message(
+        "serviceAccountName must be a service account name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+    ))]
+    pub service_account_name: String,
+
+    /// The IAM role to assume, e.g. `arn:aws:iam::111122223333:role/s3-reader`.
+    #[schemars(length(min = 20, max = 2048))]
+    #[x_kube(validation = Rule::new(CEL_ROLE_ARN).message(
+        "roleArn must be an IAM role ARN such as arn:aws:iam::111122223333:role/s3-reader (or .../role/some/path/s3-reader)"
+    ))]
+    pub role_arn: String,
+
+    /// How long each STS session lasts, from 15m to 12h (`1h`, `90m`, `1h30m`). Sessions
+    /// shorter than 40m work but force frequent renewals; sessions longer than 1h need the
+    /// role's MaxSessionDuration raised.
+    #[serde(default = "default_session_duration")]
+    #[schemars(length(min = 2, max = 20))]
+    #[x_kube(
+        validation = Rule::new(CEL_DURATION_FORMAT).message(
+            "sessionDuration must be a duration in hours, minutes and seconds, such as 1h, 90m or 1h30m"
+        ),
+        validation = Rule::new(CEL_DURATION_RANGE).message(
+            "sessionDuration must be between 15m and 12h, the limits of STS"
+        )
+    )]
+    pub session_duration: String,
+
+    /// The AWS region: the agent uses its regional STS endpoint, and application containers get
+    /// `AWS_REGION`/`AWS_DEFAULT_REGION` unless they set them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 6, max = 32))]
+    #[x_kube(validation = Rule::new(CEL_REGION).message(
+        "region must be an AWS region code such as eu-west-1 or us-gov-west-1"
+    ))]
+    pub region: Option<String>,
+
+    /// Overrides the STS endpoint (FIPS, VPC endpoints). Must be https; plain http is accepted
+    /// only for a loopback IP literal (127.0.0.0/8 or [::1]), for a local STS double in tests,
+    /// because the web identity token must never cross a network in clear text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new(CEL_STS_ENDPOINT).message(
+        "stsEndpoint must be an https URL such as https://sts.eu-west-1.amazonaws.com (http only for 127.0.0.1 or [::1])"
+    ))]
+    pub sts_endpoint: Option<String>,
+
+    /// The audience of the projected service-account token; it must match the audience the IAM
+    /// OIDC provider accepts.
+    #[serde(default = "default_audience")]
+    #[schemars(length(min = 1, max = 253))]
+    pub audience: String,
+}
+
+fn default_session_duration() -> String {
+    DEFAULT_SESSION_DURATION.to_owned()
+}
+
+fn default_audience() -> String {
+    DEFAULT_AUDIENCE.to_owned()
+}
+
+/// What the controller observed: written only by the controller, through the status subresource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSRoleBindingStatus {
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` says whether the binding is valid and, if not, exactly what to fix; warnings
+    /// (such as a short session) appear in its message while it stays `True`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// How many pods currently carry the agent for this binding.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub pods: i32,
+}
+
+impl AWSRoleBinding {
+    /// The binding's `namespace/name`, as users see it in messages.
+    pub fn qualified_name(&self) -> String {
+        let ns = self.metadata.namespace.as_deref().unwrap_or("");
+        let name = self.metadata.name.as_deref().unwrap_or("");
+        format!("{ns}/{name}")
+    }
+}
+
+/// Failure to render the CRD as YAML.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot render the AWSRoleBinding CRD as YAML: {0}")]
+pub struct CrdYamlError(#[from] serde_saphyr::SerializeError);
+
+/// The CustomResourceDefinition as YAML, exactly what `credvend crd` prints and what
+/// `crds/awsrolebinding.yaml` holds.
+pub fn crd_yaml() -> Result<String, CrdYamlError> {
+    Ok(serde_saphyr::to_string(&AWSRoleBinding::crd())?)
+}
+
+/// A binding that passed [`validate`], in parsed form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    /// `spec.sessionDuration`, parsed.
+    pub session_duration: Duration,
+    /// Things that work but deserve the user's attention.
+    pub warnings: Vec<SpecWarning>,
+}
+
+/// A reason a binding cannot be used, in the user's terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `serviceAccountName` is not a DNS-1123 subdomain.
+    #[error(
+        "serviceAccountName {0:?} is not a valid service account name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+    )]
+    ServiceAccountName(String),
+    /// `roleArn` is not an IAM role ARN.
+    #[error(
+        "roleArn {arn:?} is not an IAM role ARN ({why}); expected arn:aws:iam::<12-digit account id>:role/[path/]<name>, e.g. arn:aws:iam::111122223333:role/s3-reader"
+    )]
+    RoleArn {
+        /// The value as written.
+        arn: String,
+        /// Which part is wrong.
+        why: &'static str,
+    },
+    /// `sessionDuration` does not parse.
+    #[error(
+        "sessionDuration {0:?} is not a duration: write hours, minutes and seconds such as 1h, 90m or 1h30m"
+    )]
+    SessionDurationFormat(String),
+    /// `sessionDuration` is outside what STS accepts.
+    #[error("sessionDuration {0:?} is outside 15m..12h, the limits of STS; 1h is the default")]
+    SessionDurationRange(String),
+    /// `region` is not a region code.
+    #[error("region {0:?} is not an AWS region code such as eu-west-1 or us-gov-west-1")]
+    Region(String),
+    /// `stsEndpoint` is not an acceptable URL.
+    #[error(
+        "stsEndpoint {url:?} {why}; use an https URL such as https://sts.eu-west-1.amazonaws.com (plain http only for 127.0.0.1 or [::1])"
+    )]
+    StsEndpoint {
+        /// The value as written.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `audience` is empty.
+    #[error("audience must not be empty; leave it out to use sts.amazonaws.com")]
+    Audience,
+}
+
+impl SpecError {
+    /// A CamelCase reason for the `Ready` condition and for events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ServiceAccountName(_) => "InvalidServiceAccountName",
+            Self::RoleArn { .. } => "InvalidRoleArn",
+            Self::SessionDurationFormat(_) | Self::SessionDurationRange(_) => {
+                "InvalidSessionDuration"
+            }
+            Self::Region(_) => "InvalidRegion",
+            Self::StsEndpoint { .. } => "InvalidStsEndpoint",
+            Self::Audience => "InvalidAudience",
+        }
+    }
+}
+
+/// Something that works but that the user should change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecWarning {
+    /// The session is so short that the agent renews very often, or cannot keep served
+    /// credentials outside the SDKs' 15-minute refresh window at all.
+    #[error(
+        "sessionDuration {written} is shorter than 40m: the agent renews credentials while {margin} of lifetime remains and SDKs such as botocore re-fetch on every call when less than 15m remains, so {consequence}; use 1h (the default) or longer"
+    )]
+    SessionTooShort {
+        /// The value as written.
+        written: String,
+        /// The lifetime left at renewal, formatted.
+        margin: String,
+        /// What happens, in words.
+        consequence: String,
+    },
+}
+
+impl SpecWarning {
+    /// A CamelCase reason for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SessionTooShort { .. } => "SessionDurationTooShort",
+        }
+    }
+}
+
+/// Checks a binding's spec; every problem is reported, not just the first, so that one
+/// round of fixes is enough.
+pub fn validate(spec: &AWSRoleBindingSpec) -> Result<Validated, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    if !is_dns1123_subdomain(&spec.service_account_name) {
+        errors.push(SpecError::ServiceAccountName(
+            spec.service_account_name.clone(),
+        ));
+    }
+    if let Err(why) = check_role_arn(&spec.role_arn) {
+        errors.push(SpecError::RoleArn {
+            arn: spec.role_arn.clone(),
+            why,
+        });
+    }
+    let duration = parse_session_duration(&spec.session_duration);
+    if let Err(e) = &duration {
+        errors.push(e.clone());
+    }
+    if let Some(region) = &spec.region
+        && !is_region(region)
+    {
+        errors.push(SpecError::Region(region.clone()));
+    }
+    if let Some(url) = &spec.sts_endpoint
+        && let Err(why) = check_sts_endpoint(url)
+    {
+        errors.push(SpecError::StsEndpoint {
+            url: url.clone(),
+            why,
+        });
+    }
+    if spec.audience.trim().is_empty() {
+        errors.push(SpecError::Audience);
+    }
+    match duration {
+        Ok(session_duration) if errors.is_empty() => Ok(Validated {
+            session_duration,
+            warnings: session_warnings(&spec.session_duration, session_duration),
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Parses `sessionDuration` in the grammar the CRD's CEL rule accepts (Go duration units
+/// `h`, `m`, `s`, in that order, integers only) and checks STS's bounds.
+///
+/// humantime alone would also accept `1 hour` or `2days`, which the API server rejects; the
+/// grammar check keeps both validations in agreement.
+pub fn parse_session_duration(written: &str) -> Result<Duration, SpecError> {
+    if !is_go_hms_duration(written) {
+        return Err(SpecError::SessionDurationFormat(written.to_owned()));
+    }
+    let parsed = humantime::parse_duration(written)
+        .map_err(|_| SpecError::SessionDurationFormat(written.to_owned()))?;
+    if !(MIN_SESSION_DURATION..=MAX_SESSION_DURATION).contains(&parsed) {
+        return Err(SpecError::SessionDurationRange(written.to_owned()));
+    }
+    Ok(parsed)
+}
+
+fn session_warnings(written: &str, duration: Duration) -> Vec<SpecWarning> {
+    if duration >= RECOMMENDED_MIN_SESSION_DURATION {
+        return Vec::new();
+    }
+    // Mirrors the agent: half the lifetime, at least the margin, unless that is all of it.
+    let margin = (duration / 2).max(AGENT_RENEWAL_MARGIN);
+    let margin = if margin >= duration {
+        duration / 2
+    } else {
+        margin
+    };
+    let consequence = if margin <= SDK_REFRESH_WINDOW {
+        "those SDKs would call the agent on every AWS request".to_owned()
+    } else {
+        format!(
+            "it renews every {} and has only {} of slack if STS is unavailable",
+            humantime::format_duration(duration - margin),
+            humantime::format_duration(margin - SDK_REFRESH_WINDOW)
+        )
+    };
+    vec![SpecWarning::SessionTooShort {
+        written: written.to_owned(),
+        margin: humantime::format_duration(margin).to_string(),
+        consequence,
+    }]
+}
+
+/// `^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$` with at least one part, without a regex
+/// engine (not a dependency of this crate).
+fn is_go_hms_duration(s: &str) -> bool {
+    let mut rest = s;
+    let mut parts = 0;
+    for unit in ['h', 'm', 's'] {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && rest[digits..].starts_with(unit) {
+            if digits > 5 {
+                return false;
+            }
+            rest = &rest[digits + 1..];
+            parts += 1;
+        }
+    }
+    parts > 0 && rest.is_empty()
+}
+
+/// Kubernetes' DNS-1123 subdomain: what a ServiceAccount name must be.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label_chars)
+}
+
+fn is_dns1123_label_chars(label: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = label.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => {
+            alnum(first) && alnum(last) && bytes.iter().all(|&b| alnum(b) || b == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// Checks an IAM role ARN: `arn:<partition>:iam::<account>:role/<path/><name>`.
+fn check_role_arn(arn: &str) -> Result<(), &'static str> {
+    if arn.len() > MAX_ROLE_ARN_LEN {
+        return Err("longer than 2048 characters");
+    }
+    let fields: Vec<&str> = arn.splitn(6, ':').collect();
+    let [prefix, partition, service, region, account, resource] = fields.as_slice() else {
+        return Err("it needs six ':'-separated fields");
+    };
+    if *prefix != "arn" {
+        return Err("it must start with 'arn:'");
+    }
+    if !is_partition(partition) {
+        return Err("the partition must be aws, aws-cn, aws-us-gov or another aws-* partition");
+    }
+    if *service != "iam" {
+        return Err("the service must be iam");
+    }
+    if !region.is_empty() {
+        return Err("IAM ARNs have no region");
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the account id must be 12 digits");
+    }
+    let Some(path_and_name) = resource.strip_prefix("role/") else {
+        return Err("the resource must be role/<name>");
+    };
+    check_role_path_and_name(path_and_name)
+}
+
+fn is_partition(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix("aws") else {
+        return false;
+    };
+    rest.is_empty()
+        || rest.strip_prefix('-').is_some_and(|r| {
+            r.split('-')
+                .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()))
+        })
+}
+
+fn check_role_path_and_name(path_and_name: &str) -> Result<(), &'static str> {
+    let (path, name) = match path_and_name.rsplit_once('/') {
+        Some((path, name)) => (Some(path), name),
+        None => (None, path_and_name),
+    };
+    if name.is_empty() || name.len() > MAX_ROLE_NAME_LEN {
+        return Err("the role name must have 1 to 64 characters");
+    }
+    let name_char = |b: u8| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b);
+    if !name.bytes().all(name_char) {
+        return Err("the role name may only contain letters, digits and _+=,.@-");
+    }
+    let Some(path) = path else {
+        return Ok(());
+    };
+    // The path as IAM stores it, "/a/b/", is at most 512 characters.
+    if path.len() + 2 > MAX_ROLE_PATH_LEN {
+        return Err("the role path is longer than 512 characters");
+    }
+    let segment_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if !path.split('/').all(segment_ok) {
+        return Err("the role path must be printable ASCII segments separated by single '/'");
+    }
+    Ok(())
+}
+
+/// An AWS region code such as `eu-west-1`, `us-gov-west-1`, `us-isob-east-1` or
+/// `eusc-de-east-1`: `^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$`.
+pub fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    match parts.as_slice() {
+        [first, middle @ .., last] if (1..=3).contains(&middle.len()) => {
+            (2..=4).contains(&first.len())
+                && lower(first)
+                && middle.iter().all(lower)
+                && (1..=2).contains(&last.len())
+                && last.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
+/// https anywhere; http only to a loopback IP literal, so the web identity token never crosses
+/// a network unencrypted.
+fn check_sts_endpoint(url: &str) -> Result<(), &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "is not a URL")?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err("is not an absolute URL");
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not contain user information");
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query");
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if is_loopback_host(authority.host()) => Ok(()),
+        "http" => Err("uses plain http to a host that is not a loopback IP"),
+        _ => Err("must use https"),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AWSRoleBindingSpec {
+        AWSRoleBindingSpec {
+            service_account_name: "app".into(),
+            role_arn: "arn:aws:iam::111122223333:role/s3-reader".into(),
+            session_duration: DEFAULT_SESSION_DURATION.into(),
+            region: None,
+            sts_endpoint: None,
+            audience: DEFAULT_AUDIENCE.into(),
+        }
+    }
+
+    fn reasons(spec: &AWSRoleBindingSpec) -> Vec<&'static str> {
+        match validate(spec) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(SpecError::reason).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_minimal_binding_with_defaults() {
+        let validated = validate(&spec()).unwrap();
+        assert_eq!(validated.session_duration, Duration::from_secs(3600));
+        assert!(validated.warnings.is_empty());
+    }
+
+    #[test]
+    fn role_arns() {
+        let cases = [
+            ("arn:aws:iam::111122223333:role/s3-reader", true),
+            ("arn:aws:iam::111122223333:role/team/a/s3-reader", true),
+            ("arn:aws-cn:iam::111122223333:role/r", true),
+            ("arn:aws-us-gov:iam::111122223333:role/r", true),
+            ("arn:aws-iso-b:iam::111122223333:role/r", true),
+            ("arn:aws:iam::111122223333:role/Name_+=,.@-x", true),
+            ("arn:aws:iam::111122223333:role/p!#$/r", true),
+            ("arn:aws:iam::11112222333:role/r", false),
+            ("arn:aws:iam::1111222233334:role/r", false),
+            ("arn:aws:iam::11112222333a:role/r", false),
+            ("arn:aws:iam:eu-west-1:111122223333:role/r", false),
+            ("arn:aws:sts::111122223333:role/r", false),
+            ("arn:aws:iam::111122223333:user/r", false),
+            ("arn:aws:iam::111122223333:role/", false),
+            ("arn:aws:iam::111122223333:role//r", false),
+            ("arn:aws:iam::111122223333:role/a b", false),
+            ("arn:aws:iam::111122223333:role/r*", false),
+            ("arn:AWS:iam::111122223333:role/r", false),
+            ("arn:aws-:iam::111122223333:role/r", false),
+            ("arn:aws:iam::111122223333", false),
+            ("s3-reader", false),
+            ("", false),
+        ];
+        for (arn, ok) in cases {
+            assert_eq!(check_role_arn(arn).is_ok(), ok, "{arn}");
+        }
+        let name64 = "n".repeat(64);
+        assert!(check_role_arn(&format!("arn:aws:iam::111122223333:role/{name64}")).is_ok());
+        assert!(check_role_arn(&format!("arn:aws:iam::111122223333:role/{name64}x")).is_err());
+        let path = "p".repeat(510);
+        assert!(check_role_arn(&format!("arn:aws:iam::111122223333:role/{path}/r")).is_ok());
+        assert!(check_role_arn(&format!("arn:aws:iam::111122223333:role/{path}p/r")).is_err());
+    }
+
+    #[test]
+    fn session_durations() {
+        let cases: [(&str, Result<u64, &str>); 17] = [
+            ("1h", Ok(3600)),
+            ("90m", Ok(5400)),
+            ("1h30m", Ok(5400)),
+            ("15m", Ok(900)),
+            ("900s", Ok(900)),
+            ("12h", Ok(43200)),
+            ("11h59m59s", Ok(43199)),
+            ("14m59s", Err("InvalidSessionDuration")),
+            ("12h1s", Err("InvalidSessionDuration")),
+            ("0h", Err("InvalidSessionDuration")),
+            ("1 hour", Err("InvalidSessionDuration")),
+            ("2days", Err("InvalidSessionDuration")),
+            ("1.5h", Err("InvalidSessionDuration")),
+            ("30m1h", Err("InvalidSessionDuration")),
+            ("3600", Err("InvalidSessionDuration")),
+            ("999999m", Err("InvalidSessionDuration")),
+            ("", Err("InvalidSessionDuration")),
+        ];
+        for (written, want) in cases {
+            let got = parse_session_duration(written)
+                .map(|d| d.as_secs())
+                .map_err(|e| e.reason());
+            assert_eq!(got, want, "{written:?}");
+        }
+    }
+
+    #[test]
+    fn short_sessions_are_valid_but_warned_about() {
+        let cases = [
+            ("15m", true, "every AWS request"),
+            ("20m", true, "every AWS request"),
+            ("30m", true, "renews every 10m"),
+            ("39m", true, "slack"),
+            ("40m", false, ""),
+            ("1h", false, ""),
+        ];
+        for (written, warned, text) in cases {
+            let validated = validate(&AWSRoleBindingSpec {
+                session_duration: written.into(),
+                ..spec()
+            })
+            .unwrap();
+            assert_eq!(!validated.warnings.is_empty(), warned, "{written}");
+            if let Some(w) = validated.warnings.first() {
+                assert_eq!(w.reason(), "SessionDurationTooShort");
+                let message = w.to_string();
+                assert!(message.contains(text), "{written}: {message}");
+                assert!(message.contains("use 1h"), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn regions() {
+        let cases = [
+            ("eu-west-1", true),
+            ("us-east-1", true),
+            ("ap-southeast-2", true),
+            ("us-gov-west-1", true),
+            ("cn-north-1", true),
+            ("us-isob-east-1", true),
+            ("eusc-de-east-1", true),
+            ("EU-WEST-1", false),
+            ("eu-west", false),
+            ("euwest1", false),
+            ("eu-west-100", false),
+            ("e-west-1", false),
+            ("eu--1", false),
+            ("", false),
+        ];
+        for (region, ok) in cases {
+            assert_eq!(is_region(region), ok, "{region}");
+        }
+    }
+
+    #[test]
+    fn sts_endpoints() {
+        let cases = [
+            ("https://sts.eu-west-1.amazonaws.com", Ok(())),
+            ("https://sts-fips.us-east-1.amazonaws.com/", Ok(())),
+            (
+                "https://vpce-0abc.sts.eu-west-1.vpce.amazonaws.com:443",
+                Ok(()),
+            ),
+            ("http://127.0.0.1:5000", Ok(())),
+            ("http://127.1.2.3:5000/", Ok(())),
+            ("http://[::1]:5000", Ok(())),
+            ("http://localhost:5000", Err("InvalidStsEndpoint")),
+            (
+                "http://sts.eu-west-1.amazonaws.com",
+                Err("InvalidStsEndpoint"),
+            ),
+            ("http://127.0.0.1.nip.io", Err("InvalidStsEndpoint")),
+            ("ftp://sts.example.com", Err("InvalidStsEndpoint")),
+            ("sts.eu-west-1.amazonaws.com", Err("InvalidStsEndpoint")),
+            ("https://user:pw@sts.example.com", Err("InvalidStsEndpoint")),
+            ("https://sts.example.com/?a=b", Err("InvalidStsEndpoint")),
+            ("", Err("InvalidStsEndpoint")),
+        ];
+        for (url, want) in cases {
+            let got = validate(&AWSRoleBindingSpec {
+                sts_endpoint: Some(url.into()),
+                ..spec()
+            })
+            .map(|_| ())
+            .map_err(|e| e[0].reason());
+            assert_eq!(got, want, "{url}");
+        }
+    }
+
+    #[test]
+    fn service_account_names() {
+        let cases = [
+            ("app", true),
+            ("my-app.v2", true),
+            ("a", true),
+            ("0x", true),
+            ("App", false),
+            ("-app", false),
+            ("app-", false),
+            ("app..x", false),
+            ("app_x", false),
+            ("", false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(is_dns1123_subdomain(name), ok, "{name}");
+        }
+        assert!(is_dns1123_subdomain(&"a".repeat(253)));
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_in_the_users_terms() {
+        let bad = AWSRoleBindingSpec {
+            service_account_name: "App".into(),
+            role_arn: "arn:aws:iam::1234:role/x".into(),
+            session_duration: "13h".into(),
+            region: Some("Ireland".into()),
+            sts_endpoint: Some("http://sts.amazonaws.com".into()),
+            audience: " ".into(),
+        };
+        assert_eq!(
+            reasons(&bad),
+            [
+                "InvalidServiceAccountName",
+                "InvalidRoleArn",
+                "InvalidSessionDuration",
+                "InvalidRegion",
+                "InvalidStsEndpoint",
+                "InvalidAudience"
+            ]
+        );
+        let errors = validate(&bad).unwrap_err();
+        let arn = errors[1].to_string();
+        assert!(arn.contains("12 digits"), "{arn}");
+        assert!(
+            arn.contains("arn:aws:iam::111122223333:role/s3-reader"),
+            "{arn}"
+        );
+        assert!(errors[2].to_string().contains("15m..12h"));
+    }
+
+    #[test]
+    fn defaults_fill_in_when_fields_are_omitted() {
+        let parsed: AWSRoleBindingSpec = serde_json::from_value(serde_json::json!({
+            "serviceAccountName": "app",
+            "roleArn": "arn:aws:iam::111122223333:role/s3-reader",
+        }))
+        .unwrap();
+        assert_eq!(parsed, spec());
+        let written = serde_json::to_value(&parsed).unwrap();
+        assert!(written.get("region").is_none());
+    }
+
+    #[test]
+    fn crd_has_the_agreed_names_columns_and_rules() {
+        let crd = AWSRoleBinding::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.plural, "awsrolebindings");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["awsrb".to_string()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.subresources.as_ref().unwrap().status.is_some());
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Role", "Ready", "Pods", "Age"]);
+        let yaml = crd_yaml().unwrap();
+        for rule in [
+            CEL_ROLE_ARN,
+            CEL_DURATION_RANGE,
+            CEL_REGION,
+            CEL_STS_ENDPOINT,
+        ] {
+            assert!(yaml.contains("x-kubernetes-validations"), "{yaml}");
+            let json = serde_json::to_string(&crd).unwrap();
+            assert!(
+                json.contains(&serde_json::to_string(rule).unwrap()[1..]),
+                "{rule}"
+            );
+        }
+        assert!(yaml.contains("x-kubernetes-list-type: map"), "{yaml}");
+    }
+
+    /// The committed CRD must be what the code generates; regenerate it with
+    /// `cargo run -- crd > crds/awsrolebinding.yaml`.
+    #[test]
+    fn committed_crd_matches_the_generated_one() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/awsrolebinding.yaml");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml().unwrap(),
+            "crds/awsrolebinding.yaml is out of date with src/crd.rs; run `cargo run -- crd > crds/awsrolebinding.yaml`"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The agent container and credvend's two volumes. These are new objects, so they are built
+//! typed and serialized whole; existing pod content is never rebuilt this way.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    AGENT_CONTAINER_NAME, AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME, AgentResources,
+    InjectSettings, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+};
+use crate::crd::AWSRoleBinding;
+
+/// Name of the agent's metrics/health port.
+pub(super) const METRICS_PORT_NAME: &str = "credvend-metrics";
+
+/// The native sidecar that exchanges the projected token for credentials and serves them on
+/// `127.0.0.1:<port>`.
+pub(super) fn container(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Container {
+    let metrics_port = i32::from(settings.metrics_port);
+    Container {
+        name: AGENT_CONTAINER_NAME.to_owned(),
+        image: Some(settings.agent_image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(args(binding, port, settings)),
+        env: Some(vec![
+            downward_env("POD_NAME", "metadata.name"),
+            downward_env("POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(METRICS_PORT_NAME.to_owned()),
+            container_port: metrics_port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        // Sidecar semantics: started before, and kept running alongside, every other container.
+        restart_policy: Some("Always".to_owned()),
+        // Holds the next containers back until the first credentials are cached.
+        startup_probe: Some(probe(
+            "/healthz/ready",
+            metrics_port,
+            1,
+            settings.startup_failure_threshold,
+        )),
+        readiness_probe: Some(probe("/healthz/ready", metrics_port, 5, 3)),
+        liveness_probe: Some(probe("/healthz/live", metrics_port, 10, 3)),
+        security_context: Some(security_context(settings)),
+        resources: Some(resources(&settings.resources)),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: TOKEN_VOLUME.to_owned(),
+                mount_path: TOKEN_MOUNT_PATH.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            // Writable: the agent creates the authorization token here.
+            VolumeMount {
+                name: AUTH_VOLUME.to_owned(),
+                mount_path: AUTH_MOUNT_PATH.to_owned(),
+                ..VolumeMount::default()
+            },
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// The agent's command line (the image's entrypoint is `credvend`). Binding values win over
+/// the operator's defaults.
+fn args(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Vec<String> {
+    let spec = &binding.spec;
+    let mut args: Vec<String> = [
+        "agent",
+        "--role-arn",
+        spec.role_arn.as_str(),
+        "--duration",
+        spec.session_duration.as_str(),
+        "--token-file",
+        &format!("{TOKEN_MOUNT_PATH}/{TOKEN_FILE_NAME}"),
+        "--auth-token-file",
+        &format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-listen",
+        &format!("0.0.0.0:{}", settings.metrics_port),
+    ]
+    .map(str::to_owned)
+    .into();
+    let region = spec.region.as_ref().or(settings.default_region.as_ref());
+    if let Some(region) = region {
+        args.extend(["--region".to_owned(), region.clone()]);
+    }
+    let endpoint = spec.sts_endpoint.as_ref().or(settings.default_sts_endpoint.as_ref());
+    if let Some(endpoint) = endpoint {
+        args.extend(["--sts-endpoint".to_owned(), endpoint.clone()]);
+    }
+    args
+}
+
+fn downward_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn probe(path: &str, port: i32, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn security_context(settings: &InjectSettings) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: settings.run_as_user,
+        run_as_group: settings.run_as_user,
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn resources(r: &AgentResources) -> ResourceRequirements {
+    let quantities = |cpu: &Option<String>, memory: &Option<String>| {
+        let map: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), Quantity(v.clone()?))))
+            .collect();
+        (!map.is_empty()).then_some(map)
+    };
+    ResourceRequirements {
+        requests: quantities(&r.cpu_request, &r.memory_request),
+        limits: quantities(&r.cpu_limit, &r.memory_limit),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// `credvend-token` (mounted only into the agent) and `credvend-auth`.
+pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 2] {
+    let token = Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(binding.spec.audience.clone()),
+                    expiration_seconds: Some(settings.token_expiration_seconds),
+                    path: TOKEN_FILE_NAME.to_owned(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    // In memory: the authorization token never touches the node's disk.
+    let auth = Volume {
+        name: AUTH_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity(settings.auth_volume_size_limit.clone())),
+        }),
+        ..Volume::default()
+    };
+    [token, auth]
+}

@@ -1,0 +1,349 @@
+//! The pod mutation: given a pod being created, the `AWSRoleBinding`s of its namespace and the
+//! operator's settings, decide whether to add the credvend agent and, if so, exactly how.
+//!
+//! This is a pure function so that every rule of admission can be tested on plain data, and so
+//! that the webhook stays a thin wrapper that reads bindings from memory and translates a
+//! [`Decision`] into an `AdmissionResponse`. The rules: a pod is either injected completely or
+//! denied with a message that names the fix, never half-injected; the patch only *adds* (it
+//! never rewrites a container or the pod, so fields this code does not know survive); and a pod
+//! that is already injected is skipped, so reinvocation is harmless.
+//!
+//! The agent becomes the first init container, a native sidecar with a startup probe, so every
+//! other container of the pod, init containers included, starts once credentials are ready.
+//! That is why init containers get the credentials environment too.
+
+mod agent;
+mod apps;
+mod patch;
+mod select;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::crd::{self, AWSRoleBinding};
+
+pub use settings::{
+    AgentResources, DEFAULT_AGENT_IMAGE, DEFAULT_METRICS_PORT, DEFAULT_PORT, InjectSettings,
+};
+
+/// Pod annotation: `"true"` asks for the binding that names the pod's service account,
+/// `"false"` opts out.
+pub const ANNOTATION_INJECT: &str = "credvend.io/inject";
+/// Pod annotation naming the binding to use (pod label written by the webhook, too).
+pub const ANNOTATION_BINDING: &str = "credvend.io/binding";
+/// Pod annotation: comma-separated containers that must not get credentials.
+pub const ANNOTATION_SKIP_CONTAINERS: &str = "credvend.io/skip-containers";
+/// Pod annotation: loopback port of the credentials endpoint.
+pub const ANNOTATION_PORT: &str = "credvend.io/port";
+/// Annotation written by the webhook; its presence makes admission idempotent.
+pub const ANNOTATION_STATUS: &str = "credvend.io/status";
+/// Value of [`ANNOTATION_STATUS`] on injected pods.
+pub const STATUS_INJECTED: &str = "injected";
+/// Annotation written by the webhook: the binding generation the pod was built from.
+pub const ANNOTATION_BINDING_GENERATION: &str = "credvend.io/binding-generation";
+/// Label written by the webhook so the controller can list and count a binding's pods.
+pub const LABEL_BINDING: &str = "credvend.io/binding";
+
+/// Name of the injected init container (reserved: a pod may not bring its own).
+pub const AGENT_CONTAINER_NAME: &str = "credvend-agent";
+/// Projected service-account token volume, mounted only into the agent.
+pub const TOKEN_VOLUME: &str = "credvend-token";
+/// In-memory volume holding the authorization token the apps send.
+pub const AUTH_VOLUME: &str = "credvend-auth";
+/// Where the agent reads the projected token.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/credvend.io/serviceaccount";
+/// File name of the projected token inside [`TOKEN_MOUNT_PATH`].
+pub const TOKEN_FILE_NAME: &str = "token";
+/// Where the authorization token volume is mounted, in the agent and in apps.
+pub const AUTH_MOUNT_PATH: &str = "/var/run/credvend/auth";
+/// File name of the authorization token inside [`AUTH_MOUNT_PATH`].
+pub const AUTH_FILE_NAME: &str = "token";
+
+/// The bindings the webhook found for the pod's namespace (from its store, or from a live
+/// lookup after a miss). Bindings of other namespaces are ignored, whatever is passed.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates<'a> {
+    /// The namespace of the pod under admission (from the admission request: the pod object
+    /// itself may not carry it yet).
+    pub namespace: &'a str,
+    /// The bindings to choose from.
+    pub bindings: &'a [&'a AWSRoleBinding],
+}
+
+/// What the webhook should do with a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Admit with this JSON patch.
+    Inject {
+        /// Only `add` operations.
+        patch: json_patch::Patch,
+        /// Admission warnings (shown by kubectl): things that work but probably not as meant.
+        warnings: Vec<String>,
+        /// Name of the binding used.
+        binding: String,
+    },
+    /// Admit unchanged.
+    Skip {
+        /// Why nothing is done.
+        reason: SkipReason,
+    },
+    /// Refuse the pod; `reason.to_string()` is the message for the user.
+    Deny {
+        /// What is wrong and how to fix it.
+        reason: DenyReason,
+    },
+}
+
+/// Why a pod is admitted unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    /// No annotation asks for credentials.
+    #[error("the pod does not ask for credentials (no credvend.io/inject: \"true\" or credvend.io/binding annotation)")]
+    NotRequested,
+    /// `credvend.io/inject: "false"`.
+    #[error("the pod opts out with credvend.io/inject: \"false\"")]
+    OptedOut,
+    /// The pod carries `credvend.io/status: injected` (reinvocation, or a copied pod).
+    #[error("the pod is already injected (credvend.io/status: injected)")]
+    AlreadyInjected,
+}
+
+impl SkipReason {
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotRequested => "not_requested",
+            Self::OptedOut => "opted_out",
+            Self::AlreadyInjected => "already_injected",
+        }
+    }
+}
+
+/// Why a pod is refused; the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DenyReason {
+    /// `credvend.io/inject` is neither "true" nor "false".
+    #[error("annotation credvend.io/inject is {0:?}; set it to \"true\" to get AWS credentials from credvend, or \"false\" to opt out")]
+    InvalidInjectAnnotation(String),
+    /// `credvend.io/binding` names a binding that does not exist.
+    #[error("annotation credvend.io/binding names AWSRoleBinding {name:?}, which does not exist in namespace {namespace:?}; create it first or fix the annotation (kubectl get awsrolebindings -n {namespace})")]
+    UnknownBinding {
+        /// The pod's namespace.
+        namespace: String,
+        /// The name in the annotation.
+        name: String,
+    },
+    /// The chosen binding is for another service account.
+    #[error("AWSRoleBinding {namespace}/{binding} does not allow service account {pod_service_account:?} (it names {binding_service_account:?}); run the pod as serviceAccountName: {binding_service_account}, or use a binding for {pod_service_account:?}")]
+    WrongServiceAccount {
+        /// The pod's namespace.
+        namespace: String,
+        /// The binding's name.
+        binding: String,
+        /// `spec.serviceAccountName` of the binding.
+        binding_service_account: String,
+        /// The pod's service account.
+        pod_service_account: String,
+    },
+    /// Several bindings name the pod's service account.
+    #[error("AWSRoleBindings {} in namespace {namespace:?} all name service account {service_account:?}; choose one with the annotation credvend.io/binding: <name>", names.join(", "))]
+    AmbiguousBindings {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's service account.
+        service_account: String,
+        /// The matching bindings, sorted.
+        names: Vec<String>,
+    },
+    /// No binding names the pod's service account.
+    #[error("no AWSRoleBinding in namespace {namespace:?} names service account {service_account:?}; create one with spec.serviceAccountName: {service_account}, or name one with the annotation credvend.io/binding")]
+    NoBinding {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's service account.
+        service_account: String,
+    },
+    /// The chosen binding fails validation.
+    #[error("AWSRoleBinding {namespace}/{name} is invalid: {problems}; fix the binding (kubectl describe awsrolebinding {name} -n {namespace})")]
+    InvalidBinding {
+        /// The pod's namespace.
+        namespace: String,
+        /// The binding's name.
+        name: String,
+        /// Every problem, joined.
+        problems: String,
+    },
+    /// `hostNetwork: true`: loopback would be the node's.
+    #[error("credvend cannot serve pods with hostNetwork: true: its endpoint on 127.0.0.1 would be on the node's loopback, open to every host-network pod of the node; remove hostNetwork, or the credvend.io annotations")]
+    HostNetwork,
+    /// `spec.os.name: windows`.
+    #[error("the credvend agent runs on Linux only and this pod sets spec.os.name: windows; remove the credvend.io annotations from Windows pods")]
+    Windows,
+    /// The pod brings its own container named like the agent.
+    #[error("the pod already has a container named credvend-agent in spec.{list}, which credvend did not add; rename it, credvend reserves that name")]
+    ForeignAgentContainer {
+        /// `initContainers` or `containers`.
+        list: &'static str,
+    },
+    /// The pod brings its own volume named like one of credvend's.
+    #[error("the pod already has a volume named {0:?}, which credvend reserves; rename that volume")]
+    ForeignVolume(String),
+    /// A container already mounts something where the authorization token goes.
+    #[error("container {container:?} already mounts a volume at {path}, where credvend puts the authorization token; move that mount, or list the container in credvend.io/skip-containers")]
+    MountPathTaken {
+        /// The container.
+        container: String,
+        /// [`AUTH_MOUNT_PATH`].
+        path: &'static str,
+    },
+    /// `credvend.io/port` is not usable.
+    #[error("annotation credvend.io/port is {value:?}: {why}; use a port from 1024 to 65535 other than {metrics_port} (the agent's metrics port), or remove the annotation to use {default_port}")]
+    InvalidPort {
+        /// The annotation as written.
+        value: String,
+        /// What is wrong.
+        why: &'static str,
+        /// The metrics port it must differ from.
+        metrics_port: u16,
+        /// The port used without the annotation.
+        default_port: u16,
+    },
+    /// A container declares the port the credentials endpoint would use.
+    #[error("container {container:?} declares port {port}, which the credvend agent would use for credentials; set the annotation credvend.io/port to a free port")]
+    CredentialsPortInUse {
+        /// The container.
+        container: String,
+        /// The port.
+        port: u16,
+    },
+    /// A container declares the agent's metrics port.
+    #[error("container {container:?} declares port {port}, which is the credvend agent's metrics port (an operator setting); move the container to another port")]
+    MetricsPortInUse {
+        /// The container.
+        container: String,
+        /// The port.
+        port: u16,
+    },
+    /// `credvend.io/skip-containers` names containers the pod does not have. Refused rather
+    /// than ignored: a typo would otherwise give credentials to a container meant to be skipped.
+    #[error("annotation credvend.io/skip-containers names {}, not a container of this pod (it has {}); fix the names", quoted(unknown), quoted(known))]
+    UnknownSkipContainers {
+        /// The names that match no container.
+        unknown: Vec<String>,
+        /// The pod's containers (init containers included).
+        known: Vec<String>,
+    },
+    /// The admission request carried no pod spec.
+    #[error("the pod has no spec")]
+    NoSpec,
+    /// Building the patch failed; a bug, not a user mistake.
+    #[error("credvend could not build the patch for this pod ({0}); this is a bug in credvend, please report it")]
+    Internal(String),
+}
+
+impl DenyReason {
+    /// True when the denial comes from a binding the webhook did not find: its store may be
+    /// behind (a binding applied a moment before its pods), so it should look the bindings up
+    /// on the API server once and decide again.
+    pub fn binding_missing(&self) -> bool {
+        matches!(self, Self::UnknownBinding { .. } | Self::NoBinding { .. })
+    }
+
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::InvalidInjectAnnotation(_) => "invalid_inject_annotation",
+            Self::UnknownBinding { .. } => "unknown_binding",
+            Self::WrongServiceAccount { .. } => "wrong_service_account",
+            Self::AmbiguousBindings { .. } => "ambiguous_bindings",
+            Self::NoBinding { .. } => "no_binding",
+            Self::InvalidBinding { .. } => "invalid_binding",
+            Self::HostNetwork => "host_network",
+            Self::Windows => "windows",
+            Self::ForeignAgentContainer { .. } => "foreign_agent_container",
+            Self::ForeignVolume(_) => "foreign_volume",
+            Self::MountPathTaken { .. } => "mount_path_taken",
+            Self::InvalidPort { .. } => "invalid_port",
+            Self::CredentialsPortInUse { .. } => "credentials_port_in_use",
+            Self::MetricsPortInUse { .. } => "metrics_port_in_use",
+            Self::UnknownSkipContainers { .. } => "unknown_skip_containers",
+            Self::NoSpec => "no_spec",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+fn quoted(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    quoted.join(", ")
+}
+
+/// Decides what to do with `pod`; see the module documentation for the rules.
+pub fn decide(pod: &Pod, candidates: &Candidates<'_>, settings: &InjectSettings) -> Decision {
+    let requested = match select::request(pod) {
+        Ok(select::Request::Skip(reason)) => return Decision::Skip { reason },
+        Ok(select::Request::Inject { binding }) => binding,
+        Err(reason) => return Decision::Deny { reason },
+    };
+    match plan_and_build(pod, requested, candidates, settings) {
+        Ok(decision) => decision,
+        Err(reason) => Decision::Deny { reason },
+    }
+}
+
+fn plan_and_build(
+    pod: &Pod,
+    requested: Option<&str>,
+    candidates: &Candidates<'_>,
+    settings: &InjectSettings,
+) -> Result<Decision, DenyReason> {
+    let spec = pod.spec.as_ref().ok_or(DenyReason::NoSpec)?;
+    let options = select::options(pod, spec, settings)?;
+    select::check_pod(spec, &options, settings)?;
+    let service_account = select::service_account(spec);
+    let binding = select::binding(requested, service_account, candidates)?;
+    let validated = check_binding(binding, candidates.namespace)?;
+    let plan = patch::Plan {
+        binding,
+        binding_name: binding_name(binding),
+        port: options.port,
+        targets: select::targets(spec, &options),
+    };
+    let patch = patch::build(pod, spec, &plan, settings)
+        .map_err(|e| DenyReason::Internal(e.to_string()))?;
+    let mut warnings: Vec<String> = validated.warnings.iter().map(ToString::to_string).collect();
+    warnings.extend(apps::warnings(&plan));
+    Ok(Decision::Inject {
+        patch,
+        warnings,
+        binding: plan.binding_name.to_owned(),
+    })
+}
+
+/// The binding must pass the controller's validation: an invalid one would give the pod an
+/// agent that can never obtain credentials.
+fn check_binding(binding: &AWSRoleBinding, namespace: &str) -> Result<crd::Validated, DenyReason> {
+    let name = binding_name(binding);
+    let mut problems: Vec<String> = match crd::validate(&binding.spec) {
+        Ok(validated) if name.len() <= crd::MAX_BINDING_NAME_LEN => return Ok(validated),
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+    if name.len() > crd::MAX_BINDING_NAME_LEN {
+        problems.push(
+            "its name is longer than 63 characters and cannot label pods (credvend.io/binding)"
+                .to_owned(),
+        );
+    }
+    Err(DenyReason::InvalidBinding {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        problems: problems.join("; "),
+    })
+}
+
+fn binding_name(binding: &AWSRoleBinding) -> &str {
+    binding.metadata.name.as_deref().unwrap_or_default()
+}

@@ -1,0 +1,1 @@
+//! Table-driven and golden tests of the pod mutation.

@@ -1,0 +1,14 @@
+//! credvend gives Kubernetes pods short-lived AWS credentials without long-lived keys.
+//!
+//! One crate, three roles: the `agent` sidecar exchanges a projected service-account token
+//! through STS and serves the result on a loopback container-credentials endpoint; the
+//! `operator` reconciles `AWSRoleBinding` objects and runs the mutating webhook that injects
+//! the agent. Pure decisions (refresh schedule, endpoint responses, the pod mutation) live in
+//! plain functions; servers, watches and STS calls wrap them at the edges.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod crd;
+pub mod inject;
+pub mod metrics;
+pub mod telemetry;

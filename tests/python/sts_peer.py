@@ -1,0 +1,120 @@
+"""The STS peer for credvend's tests: moto's real STS server, plus a recorder and switches.
+
+moto accepts any web identity token, duration and role, so the tests also need to see what the
+agent *sent*. This wraps moto's WSGI app:
+
+- every STS request is recorded (method, path, form fields, a few headers) and listed as JSON at
+  GET /__credvend/requests;
+- POST /__credvend/fail?code=Throttling&status=400 makes every STS call fail with that AWS error
+  until POST /__credvend/recover;
+- POST /__credvend/lifetime?seconds=N rewrites the Expiration of issued credentials to now+N
+  (as STS does when a role's maximum session is shorter than asked), so refresh behaviour can be
+  observed in seconds; seconds=0 turns it off.
+
+It listens on 127.0.0.1 only and prints "listening http://127.0.0.1:PORT" once ready.
+"""
+
+import argparse
+import datetime
+import io
+import json
+import re
+import sys
+import threading
+import urllib.parse
+
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+ERROR_XML = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>
+  <RequestId>00000000-0000-0000-0000-000000000000</RequestId>
+</ErrorResponse>"""
+
+RECORDED_HEADERS = ("content-type", "user-agent", "authorization", "x-amz-date")
+
+
+class Peer:
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.requests = []
+        self.failure = None  # (code, status)
+        self.lifetime = 0
+
+    def __call__(self, environ, start_response):
+        req = Request(environ)
+        if req.path.startswith("/__credvend/"):
+            return self.control(req)(environ, start_response)
+        body = req.get_data(cache=True)
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+        record = {
+            "method": req.method,
+            "path": req.path,
+            "query": req.query_string.decode(),
+            "form": form,
+            "headers": {k.lower(): v for k, v in req.headers.items() if k.lower() in RECORDED_HEADERS},
+        }
+        with self.lock:
+            self.requests.append(record)
+            failure = self.failure
+            lifetime = self.lifetime
+        if failure:
+            code, status = failure
+            xml = ERROR_XML.format(code=code, message=f"injected by the test: {code}")
+            return Response(xml, status=status, content_type="text/xml")(environ, start_response)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        if not lifetime:
+            return self.app(environ, start_response)
+        return self.rewrite_expiration(environ, start_response, lifetime)
+
+    def rewrite_expiration(self, environ, start_response, lifetime):
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        chunks = b"".join(self.app(environ, capture))
+        exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
+        stamp = exp.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+        chunks = re.sub(rb"<Expiration>[^<]*</Expiration>", b"<Expiration>" + stamp + b"</Expiration>", chunks)
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(chunks))))
+        start_response(captured["status"], headers)
+        return [chunks]
+
+    def control(self, req):
+        action = req.path.rsplit("/", 1)[-1]
+        with self.lock:
+            if action == "requests" and req.method == "GET":
+                return Response(json.dumps(self.requests), content_type="application/json")
+            if action == "fail" and req.method == "POST":
+                self.failure = (req.args.get("code", "ServiceUnavailable"), int(req.args.get("status", "503")))
+                return Response("ok")
+            if action == "recover" and req.method == "POST":
+                self.failure = None
+                return Response("ok")
+            if action == "lifetime" and req.method == "POST":
+                self.lifetime = int(req.args.get("seconds", "0"))
+                return Response("ok")
+            if action == "reset" and req.method == "POST":
+                self.requests.clear()
+                return Response("ok")
+        return Response("unknown control action", status=404)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    app = Peer(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", args.port, app, threaded=True)
+    print(f"listening http://127.0.0.1:{server.server_port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

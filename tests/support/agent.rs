@@ -1,0 +1,252 @@
+//! The real `credvend agent` binary, run as a process the way the webhook configures it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::http;
+
+/// The role every agent test assumes unless told otherwise.
+pub const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/s3-reader";
+/// The session name the tests pass (as the webhook derives it from namespace and pod name).
+pub const SESSION_NAME: &str = "team-a.web-0";
+
+/// A JWT-shaped token like a projected service-account token (moto does not verify it).
+pub fn fake_jwt(expires_in: Duration) -> String {
+    let exp = (SystemTime::now() + expires_in).duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "aud": ["sts.amazonaws.com"],
+        "exp": exp,
+        "iss": "https://kubernetes.default.svc",
+        "sub": "system:serviceaccount:team-a:app",
+    });
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"test"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+/// A free port on 127.0.0.1 (released before use; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// How to start an agent.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub role_arn: String,
+    pub sts_endpoint: String,
+    /// Host part of `--listen`: `127.0.0.1` or `[::1]`.
+    pub listen_host: String,
+    /// Extra flags, e.g. `--duration 15m`.
+    pub extra_args: Vec<String>,
+    /// Write a token file with this content before start; `None` leaves it missing.
+    pub token: Option<String>,
+}
+
+impl AgentOptions {
+    pub fn new(sts_endpoint: &str) -> Self {
+        AgentOptions {
+            role_arn: ROLE_ARN.to_owned(),
+            sts_endpoint: sts_endpoint.to_owned(),
+            listen_host: "127.0.0.1".to_owned(),
+            extra_args: Vec::new(),
+            token: Some(fake_jwt(Duration::from_secs(3600))),
+        }
+    }
+}
+
+/// A running agent with its own temp dir (token file, auth token file, log); killed on drop.
+pub struct AgentProcess {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+    pub port: u16,
+    pub metrics_port: u16,
+    listen_host: String,
+}
+
+impl AgentProcess {
+    /// Starts the agent (without waiting for readiness).
+    pub fn start(opts: AgentOptions) -> AgentProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, metrics_port) = (free_port(), free_port());
+        if let Some(token) = &opts.token {
+            std::fs::write(dir.path().join("token"), token).unwrap();
+        }
+        let mut args: Vec<String> = [
+            "agent",
+            "--role-arn",
+            &opts.role_arn,
+            "--token-file",
+            dir.path().join("token").to_str().unwrap(),
+            "--auth-token-file",
+            dir.path().join("auth/token").to_str().unwrap(),
+            "--listen",
+            &format!("{}:{port}", opts.listen_host),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--sts-endpoint",
+            &opts.sts_endpoint,
+            "--region",
+            "us-east-1",
+            "--session-name",
+            SESSION_NAME,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(opts.extra_args.iter().cloned());
+        let mut agent = AgentProcess {
+            dir,
+            child: None,
+            args,
+            port,
+            metrics_port,
+            listen_host: opts.listen_host,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
+            .args(&self.args)
+            .env("RUST_LOG", "debug")
+            .env_remove("AWS_REGION")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn credvend agent");
+        self.child = Some(child);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Everything the agent logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    pub fn auth_token_file(&self) -> PathBuf {
+        self.dir.path().join("auth/token")
+    }
+
+    pub fn auth_token(&self) -> String {
+        std::fs::read_to_string(self.auth_token_file()).unwrap()
+    }
+
+    /// `http://127.0.0.1:PORT/v1/credentials` (what the webhook puts in FULL_URI).
+    pub fn credentials_url(&self) -> String {
+        format!("http://{}:{}/v1/credentials", self.listen_host, self.port)
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
+    }
+
+    /// Waits until `/healthz/ready` says 200, failing with the agent's log after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let url = self.metrics_url("/healthz/ready");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(r) = http::get(&url).await
+                && r.status == 200
+            {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("agent not ready after {timeout:?}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the metrics endpoint answers at all (the agent is up, ready or not).
+    pub async fn wait_up(&self, timeout: Duration) {
+        let url = self.metrics_url("/healthz/live");
+        http::eventually("agent liveness", timeout, || {
+            let url = url.clone();
+            async move { http::get(&url).await.ok().filter(|r| r.status == 200) }
+        })
+        .await;
+    }
+
+    /// GET the credentials endpoint with the auth token from the file.
+    pub async fn fetch(&self) -> http::Reply {
+        let token = self.auth_token();
+        http::request("GET", &self.credentials_url(), &[("authorization", token.as_bytes())])
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample in `/metrics`, e.g. `credvend_sts_errors_total{code="Throttling"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let page = http::get(&self.metrics_url("/metrics")).await.ok()?.text();
+        page.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Requests answered with 200 so far.
+    pub async fn requests_served(&self) -> f64 {
+        self.metric(r#"credvend_endpoint_requests_total{status="200"}"#).await.unwrap_or(0.0)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().unwrap()
+    }
+
+    /// Terminates and starts the agent again with the same flags and files.
+    pub fn restart(&mut self) {
+        self.terminate();
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself (start-up errors).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("agent running");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "agent still running; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! moto's STS server as the agent's peer, with request recording and failure switches
+//! (see `tests/python/sts_peer.py`).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use super::http;
+use super::python::{python, repo_path};
+
+/// A running STS peer on 127.0.0.1; killed on drop.
+pub struct StsPeer {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl StsPeer {
+    /// Starts the peer on a free port and waits until it listens.
+    pub fn start() -> StsPeer {
+        Self::start_on(0)
+    }
+
+    /// Stops the peer (STS becomes unreachable) and starts a fresh one on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        *self = Self::start_on(port);
+    }
+
+    /// Kills the peer; connections to its port are refused from now on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn start_on(port: u16) -> StsPeer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("sts-peer.log")).expect("log file");
+        let mut child = Command::new(python())
+            .arg(repo_path("tests/python/sts_peer.py"))
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start tests/python/sts_peer.py");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the peer's first line");
+        let endpoint = line
+            .strip_prefix("listening ")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(dir.path().join("sts-peer.log")).unwrap_or_default();
+                panic!("STS peer did not start: {line:?}\n{log}")
+            });
+        StsPeer { child, endpoint, _dir: dir }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Every STS request received so far, oldest first.
+    pub async fn requests(&self) -> Vec<serde_json::Value> {
+        let reply = http::get(&format!("{}/__credvend/requests", self.endpoint)).await.expect("peer answers");
+        serde_json::from_slice(&reply.body).expect("JSON list")
+    }
+
+    /// The recorded AssumeRoleWithWebIdentity calls' form fields.
+    pub async fn web_identity_calls(&self) -> Vec<serde_json::Value> {
+        self.requests()
+            .await
+            .into_iter()
+            .map(|r| r["form"].clone())
+            .filter(|f| f["Action"] == "AssumeRoleWithWebIdentity")
+            .collect()
+    }
+
+    /// Makes every STS call fail with `code` and HTTP `status` until [`recover`](Self::recover).
+    pub async fn fail(&self, code: &str, status: u16) {
+        self.control(&format!("fail?code={code}&status={status}")).await;
+    }
+
+    pub async fn recover(&self) {
+        self.control("recover").await;
+    }
+
+    /// Issued credentials expire `seconds` after issue (0: as requested).
+    pub async fn set_lifetime(&self, seconds: u64) {
+        self.control(&format!("lifetime?seconds={seconds}")).await;
+    }
+
+    async fn control(&self, action: &str) {
+        let reply = http::post(&format!("{}/__credvend/{action}", self.endpoint)).await.expect("peer answers");
+        assert_eq!(reply.status, 200, "control {action}: {}", reply.text());
+    }
+}
+
+impl Drop for StsPeer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
