@@ -1,0 +1,686 @@
+//! A real Kubernetes control plane for integration tests: etcd and kube-apiserver, started as
+//! processes on free loopback ports in a temporary directory.
+//!
+//! There is no kubelet, scheduler or controller-manager: objects are admitted (admission
+//! plugins and webhooks run) and stored, but pods never run. What the missing controllers would
+//! have done and a test relies on, the helpers here do explicitly — most visibly
+//! [`create_namespace`], which also creates the namespace's `default` service account, because
+//! the ServiceAccount admission plugin stays enabled (as in a real cluster, it sets
+//! `serviceAccountName` and mounts the `kube-api-access` volume before our webhook sees the pod)
+//! and it rejects pods whose service account does not exist.
+//!
+//! The binaries come from `CREDVEND_KUBE_APISERVER` and `CREDVEND_ETCD` (set by `make test`);
+//! when both are unset, `scripts/k8s-bins.sh` builds or finds them. Startup takes a few seconds,
+//! so tests normally share one control plane per test binary through [`shared`] and keep out of
+//! each other's way with [`unique_name`]d namespaces; [`ControlPlane::start`] gives a private one.
+//! Processes and files go away on drop (also when a test panics) and, for the shared instance
+//! that is never dropped, when the test process exits, through a small reaper process.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tempfile::TempDir;
+use tokio::sync::OnceCell;
+
+/// How long etcd and kube-apiserver get to become ready. Generous because the two cores of a
+/// CI machine are often busy compiling other test binaries at the same time.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Interval between `/readyz` polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Range for service ClusterIPs. Nothing routes to it, but the API server needs one to allocate
+/// from; its first address is the `kubernetes` service's, which the serving certificate names.
+const SERVICE_CIDR: &str = "10.0.0.0/24";
+const SERVICE_IP: &str = "10.0.0.1";
+
+static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
+static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
+
+/// The control plane shared by all tests of the current test binary, started on first use.
+///
+/// It lives until the process exits; its processes and directory are then removed by the reaper.
+/// A failed start is not cached, so every test that asks reports the failure itself.
+pub async fn shared() -> anyhow::Result<&'static ControlPlane> {
+    SHARED.get_or_try_init(ControlPlane::start).await
+}
+
+/// A name no other test in this process (or a concurrent run) uses, for namespaces and other
+/// cluster-scoped objects on a shared control plane. Lower-case and DNS-label safe.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A running etcd + kube-apiserver pair and what a test needs to talk to it.
+pub struct ControlPlane {
+    processes: Processes,
+    config: Config,
+    kubeconfig: PathBuf,
+    url: String,
+    issuer: String,
+    ca_pem: String,
+    startup: Duration,
+}
+
+impl ControlPlane {
+    /// Starts a private control plane and waits until kube-apiserver reports ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bins = binaries().await?;
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("credvend-k8s-")
+            .tempdir()
+            .context("creating the control plane's temporary directory")?;
+        let root = dir.path().to_owned();
+        let mut processes = Processes::new(dir)?;
+
+        let [etcd_client, etcd_peer, apiserver_port] = free_ports()?;
+        let url = format!("https://127.0.0.1:{apiserver_port}");
+        // The issuer is the API server's own URL, so its OIDC discovery document
+        // ({issuer}/.well-known/openid-configuration) is really served where `iss` points.
+        let issuer = url.clone();
+        let pki = Pki::generate()?;
+        let files = pki.write(&root)?;
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        processes.spawn(
+            "etcd",
+            Command::new(&bins.etcd).args([
+                "--name=credvend".to_owned(),
+                format!("--data-dir={}", root.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=credvend={peer_url}"),
+                // Throwaway data: durability buys nothing and fsync is the slowest part of etcd.
+                "--unsafe-no-fsync=true".to_owned(),
+                "--log-level=warn".to_owned(),
+            ]),
+        )?;
+        processes.spawn(
+            "kube-apiserver",
+            Command::new(&bins.apiserver).args([
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                // The reconciler publishes the advertise address as the `kubernetes` service's
+                // endpoint for in-cluster clients and refuses loopback; nothing runs in-cluster.
+                "--endpoint-reconciler-type=none".to_owned(),
+                format!("--secure-port={apiserver_port}"),
+                format!("--etcd-servers={etcd_url}"),
+                format!("--cert-dir={}", root.join("apiserver-certs").display()),
+                format!("--tls-cert-file={}", files.serving_cert.display()),
+                format!("--tls-private-key-file={}", files.serving_key.display()),
+                format!("--client-ca-file={}", files.ca_cert.display()),
+                "--authorization-mode=RBAC".to_owned(),
+                format!("--service-account-issuer={issuer}"),
+                format!("--api-audiences={issuer}"),
+                format!("--service-account-key-file={}", files.sa_public.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    files.sa_private.display()
+                ),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                "--profiling=false".to_owned(),
+            ]),
+        )?;
+
+        let kubeconfig = root.join("kubeconfig");
+        fs::write(&kubeconfig, pki.kubeconfig(&url))
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .context("loading the generated kubeconfig")?;
+
+        let mut cp = ControlPlane {
+            processes,
+            config,
+            kubeconfig,
+            url,
+            issuer,
+            ca_pem: pki.ca_pem,
+            startup: Duration::ZERO,
+        };
+        cp.startup = cp.wait_ready(started).await?;
+        eprintln!(
+            "control plane ready at {} in {:.1}s",
+            cp.url,
+            cp.startup.as_secs_f64()
+        );
+        Ok(cp)
+    }
+
+    /// Polls `/readyz` until it answers `ok`, failing early (with the logs) if a process exits.
+    async fn wait_ready(&mut self, started: Instant) -> anyhow::Result<Duration> {
+        let client = self.client()?;
+        let deadline = started + STARTUP_TIMEOUT;
+        loop {
+            self.processes.ensure_running()?;
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            let last =
+                match tokio::time::timeout(Duration::from_secs(5), client.request_text(request))
+                    .await
+                {
+                    Ok(Ok(body)) if body.trim() == "ok" => return Ok(started.elapsed()),
+                    Ok(Ok(body)) => body,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => "/readyz did not answer within 5s".to_owned(),
+                };
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-apiserver not ready after {STARTUP_TIMEOUT:?}: {last}\n{}",
+                    self.processes.log_tails()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// A client authenticated as a cluster admin (`O=system:masters`).
+    ///
+    /// Made afresh per call because a `kube::Client` is tied to the tokio runtime it was
+    /// created on, and every `#[tokio::test]` has its own.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        install_crypto_provider();
+        Client::try_from(self.config.clone()).context("building a kube client")
+    }
+
+    /// A kubeconfig file with the same admin identity, for tools and child processes.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's base URL, `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The service-account token issuer (`iss` of every token this API server signs).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// PEM of the CA that signed the API server's serving certificate and the admin client
+    /// certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// How long the start took, from spawning etcd to a ready kube-apiserver.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// The temporary directory holding certificates, the kubeconfig, logs and etcd's data.
+    pub fn dir(&self) -> &Path {
+        self.processes.root()
+    }
+
+    /// Process ids of etcd and kube-apiserver, to check that they are gone after shutdown.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes
+            .children
+            .iter()
+            .map(|p| p.child.id())
+            .collect()
+    }
+
+    /// Stops both processes and removes the directory, reporting what could not be cleaned up.
+    /// Dropping does the same but can only print such errors.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.processes.stop()
+    }
+}
+
+/// Creates a namespace and, standing in for the controller-manager's service-account
+/// controller, its `default` service account, so pods without `serviceAccountName` pass the
+/// ServiceAccount admission plugin.
+pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<Namespace> {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    create_service_account(client, name, "default").await?;
+    Ok(namespace)
+}
+
+/// Creates a service account.
+pub async fn create_service_account(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<ServiceAccount> {
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..ServiceAccount::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating service account {namespace}/{name}"))
+}
+
+/// Requests a token for a service account through the TokenRequest API — the same call the
+/// kubelet makes for a projected token volume — and returns the signed JWT.
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    audience: &str,
+    expiry: Duration,
+) -> anyhow::Result<String> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_owned()],
+            expiration_seconds: Some(i64::try_from(expiry.as_secs())?),
+            bound_object_ref: None,
+        },
+        ..TokenRequest::default()
+    };
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for {namespace}/{service_account}"))?;
+    let token = response
+        .status
+        .map(|status| status.token)
+        .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{service_account} has no status"))?;
+    ensure!(!token.is_empty(), "TokenRequest returned an empty token");
+    Ok(token)
+}
+
+/// Whether a process with this id still exists (`kill -0`, which works without /proc).
+pub fn process_exists(pid: u32) -> bool {
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// kube 5 builds its rustls configuration from the process-wide default provider; the crate
+/// standardises on aws-lc-rs. Another test may have installed it already, which is fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+struct Binaries {
+    apiserver: PathBuf,
+    etcd: PathBuf,
+}
+
+/// Finds the binaries once per test process: from the environment (what `make test` passes),
+/// or by running `scripts/k8s-bins.sh`, which builds them the first time.
+async fn binaries() -> anyhow::Result<&'static Binaries> {
+    BINARIES
+        .get_or_try_init(|| async {
+            let (apiserver, etcd) = match (
+                std::env::var_os("CREDVEND_KUBE_APISERVER"),
+                std::env::var_os("CREDVEND_ETCD"),
+            ) {
+                (Some(apiserver), Some(etcd)) => (PathBuf::from(apiserver), PathBuf::from(etcd)),
+                _ => build_binaries().await?,
+            };
+            for (path, var) in [
+                (&apiserver, "CREDVEND_KUBE_APISERVER"),
+                (&etcd, "CREDVEND_ETCD"),
+            ] {
+                ensure!(
+                    path.is_file(),
+                    "{} (from {var}) does not exist; build it with `make k8s-bins`",
+                    path.display()
+                );
+            }
+            Ok(Binaries { apiserver, etcd })
+        })
+        .await
+}
+
+async fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/k8s-bins.sh");
+    // stderr is inherited so the (slow) first build shows its progress.
+    let output = tokio::process::Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| {
+            format!(
+                "running {} (CREDVEND_KUBE_APISERVER/CREDVEND_ETCD are unset); \
+                 build the binaries with `make k8s-bins`",
+                script.display()
+            )
+        })?;
+    ensure!(
+        output.status.success(),
+        "{} failed ({}); build the binaries with `make k8s-bins`",
+        script.display(),
+        output.status
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    let mut lines = stdout.lines().map(PathBuf::from);
+    match (lines.next(), lines.next()) {
+        (Some(apiserver), Some(etcd)) => Ok((apiserver, etcd)),
+        _ => bail!(
+            "{} printed {stdout:?}, not two paths; try `make k8s-bins`",
+            script.display()
+        ),
+    }
+}
+
+/// Reserves ports by binding to port 0 and releasing them. Another process could take one in
+/// the short window before etcd or kube-apiserver binds it; the kernel hands out ephemeral ports
+/// in rotation, so that is rare, and it would show as a start failure, not a wrong result.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// The certificates and keys of one control plane, all made in memory for this run.
+struct Pki {
+    ca_pem: String,
+    serving_cert_pem: String,
+    serving_key_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+    sa_private_pem: String,
+    sa_public_pem: String,
+}
+
+struct PkiFiles {
+    ca_cert: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    sa_private: PathBuf,
+    sa_public: PathBuf,
+}
+
+impl Pki {
+    fn generate() -> anyhow::Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "credvend-test-ca");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca = Issuer::new(ca_params, ca_key);
+
+        // Every name a client inside or outside the (imaginary) cluster could use.
+        let serving_key = KeyPair::generate()?;
+        let mut serving = CertificateParams::new(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+            SERVICE_IP.to_owned(),
+            "kubernetes".to_owned(),
+            "kubernetes.default".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+            "kubernetes.default.svc.cluster.local".to_owned(),
+        ])?;
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_cert = serving.signed_by(&serving_key, &ca)?;
+
+        // The API server maps a client certificate's CN to the user and each O to a group;
+        // system:masters bypasses authorization, as the admin kubeconfig of a real cluster does.
+        let admin_key = KeyPair::generate()?;
+        let mut admin = CertificateParams::new(Vec::<String>::new())?;
+        admin
+            .distinguished_name
+            .push(DnType::CommonName, "credvend-test-admin");
+        admin
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin.signed_by(&admin_key, &ca)?;
+
+        // ECDSA P-256, so tokens are signed ES256 (kube-apiserver picks the JWT algorithm from
+        // the key type).
+        let sa_key = KeyPair::generate()?;
+
+        Ok(Pki {
+            ca_pem: ca_cert.pem(),
+            serving_cert_pem: serving_cert.pem(),
+            serving_key_pem: serving_key.serialize_pem(),
+            admin_cert_pem: admin_cert.pem(),
+            admin_key_pem: admin_key.serialize_pem(),
+            sa_private_pem: sa_key.serialize_pem(),
+            sa_public_pem: sa_key.public_key_pem(),
+        })
+    }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<PkiFiles> {
+        let write = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(name);
+            fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        Ok(PkiFiles {
+            ca_cert: write("ca.crt", &self.ca_pem)?,
+            serving_cert: write("apiserver.crt", &self.serving_cert_pem)?,
+            serving_key: write("apiserver.key", &self.serving_key_pem)?,
+            sa_private: write("sa.key", &self.sa_private_pem)?,
+            sa_public: write("sa.pub", &self.sa_public_pem)?,
+        })
+    }
+
+    /// A self-contained kubeconfig (certificates inline) for the admin identity.
+    fn kubeconfig(&self, url: &str) -> String {
+        let ca = BASE64.encode(&self.ca_pem);
+        let cert = BASE64.encode(&self.admin_cert_pem);
+        let key = BASE64.encode(&self.admin_key_pem);
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: credvend-test
+  cluster:
+    server: {url}
+    certificate-authority-data: {ca}
+users:
+- name: credvend-test-admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: credvend-test
+  context:
+    cluster: credvend-test
+    user: credvend-test-admin
+    namespace: default
+current-context: credvend-test
+"
+        )
+    }
+}
+
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Owns the child processes and the directory; stopping is idempotent and also runs on drop.
+struct Processes {
+    dir: Option<TempDir>,
+    root: PathBuf,
+    children: Vec<Process>,
+    reaper: Option<(Child, ChildStdin)>,
+}
+
+/// Kills the processes it is told about (one pid per line on stdin) and removes the directory
+/// once stdin reaches end-of-file — which happens when the test process exits, however it
+/// exits, because nothing else holds the pipe's write end. Rust has no exit hook for statics,
+/// and this needs no unsafe code.
+const REAPER_SCRIPT: &str = r#"
+pids=
+while read -r pid; do pids="$pids $pid"; done
+# A killed process lingers as a zombie until init reaps it; that counts as gone.
+gone() {
+  ! kill -0 "$1" 2>/dev/null || case "$(cat "/proc/$1/stat" 2>/dev/null)" in *") Z "*) true ;; *) false ;; esac
+}
+for pid in $pids; do kill -KILL "$pid" 2>/dev/null; done
+for pid in $pids; do
+  n=0
+  until gone "$pid" || [ "$n" -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
+done
+rm -rf "$1"
+"#;
+
+impl Processes {
+    fn new(dir: TempDir) -> anyhow::Result<Self> {
+        let root = dir.path().to_owned();
+        let mut reaper = Command::new("sh")
+            .args(["-c", REAPER_SCRIPT, "credvend-reaper"])
+            .arg(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the reaper shell")?;
+        let stdin = reaper
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("reaper has no stdin"))?;
+        Ok(Processes {
+            dir: Some(dir),
+            root,
+            children: Vec::new(),
+            reaper: Some((reaper, stdin)),
+        })
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Spawns a process with its output in `<name>.log` and registers it with the reaper.
+    fn spawn(&mut self, name: &'static str, command: &mut Command) -> anyhow::Result<()> {
+        let log = self.root.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+        let pid = child.id();
+        self.children.push(Process { name, child, log });
+        if let Some((_, stdin)) = &mut self.reaper {
+            writeln!(stdin, "{pid}")
+                .and_then(|()| stdin.flush())
+                .with_context(|| format!("telling the reaper about {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Fails, with the process's log, if a process has already exited.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        for process in &mut self.children {
+            if let Some(status) = process.child.try_wait()? {
+                let name = process.name;
+                bail!(
+                    "{name} exited ({status}) during startup\n{}",
+                    self.log_tails()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of each process's log, to explain a failed start.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for process in &self.children {
+            let text = fs::read_to_string(&process.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            out.push_str(&format!(
+                "--- last lines of {} ---\n{tail}\n",
+                process.log.display()
+            ));
+        }
+        out
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        // The reaper goes first, so it cannot signal a pid that the kernel has since reused.
+        if let Some((mut reaper, stdin)) = self.reaper.take() {
+            let _ = reaper.kill();
+            let _ = reaper.wait();
+            drop(stdin);
+        }
+        // Newest first: kube-apiserver before the etcd it writes to. SIGKILL, because the data
+        // is thrown away and graceful shutdown of kube-apiserver takes seconds.
+        let mut errors = Vec::new();
+        while let Some(mut process) = self.children.pop() {
+            if let Err(error) = process.child.kill().and_then(|()| process.child.wait()) {
+                errors.push(format!("stopping {}: {error}", process.name));
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_owned();
+            if let Err(error) = dir.close() {
+                errors.push(format!("removing {}: {error}", path.display()));
+            }
+        }
+        ensure!(errors.is_empty(), "{}", errors.join("; "));
+        Ok(())
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            eprintln!("control plane cleanup: {error}");
+        }
+    }
+}
