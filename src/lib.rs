@@ -11,4 +11,5 @@ pub mod agent;
 pub mod crd;
 pub mod inject;
 pub mod metrics;
+pub mod server;
 pub mod telemetry;

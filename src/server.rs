@@ -1,37 +1,42 @@
-//! A small HTTP/1.1 server for handlers that answer from memory.
+//! HTTP/1.1 serving shared by the agent (plain, loopback) and the operator (TLS webhook).
 //!
-//! Both agent listeners (credentials and metrics) answer synchronously from in-memory state,
-//! so a handler is a plain function of the request head. The server bounds what a client can
-//! make it hold: request heads of at most 16 KiB, 5 seconds to send them, a cap on concurrent
-//! connections, and no request bodies read at all. On shutdown it stops accepting, lets
-//! in-flight requests finish for a few seconds, then returns.
+//! The server bounds what a client can make it hold: request heads of at most 16 KiB, 5
+//! seconds to send them, 10 seconds for a TLS handshake, and a cap on concurrent connections.
+//! On shutdown it stops accepting, lets in-flight requests finish for a few seconds, then
+//! returns. What to answer is the caller's business: a hyper `Service` per connection.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-
-/// Answers one request from its head.
-pub type Handler = Arc<dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync>;
+use tokio_rustls::TlsAcceptor;
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `handler` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
+/// Serves `service` on `listener` (over TLS when `tls` is given) until `shutdown` resolves.
+pub async fn serve<S, Fut>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let graceful = Arc::new(GracefulShutdown::new());
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -39,10 +44,10 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: impl Futur
             () = &mut shutdown => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (stream, _peer) = tokio::select! {
+        let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, _peer)) => stream,
                 Err(err) => {
                     // Out of file descriptors and similar: pause instead of spinning.
                     tracing::warn!(error = %err, "accept failed");
@@ -51,30 +56,70 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: impl Futur
                 }
             },
         };
-        let handler = handler.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let (parts, _body) = req.into_parts();
-            let resp = handler(&parts);
-            async move { Ok::<_, std::convert::Infallible>(resp) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let service = service.clone();
+        let tls = tls.clone();
+        let graceful = graceful.clone();
         tokio::spawn(async move {
-            // Client errors (resets, oversized or slow heads) end only that connection.
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
+            connection(stream, tls, service, &graceful).await;
             drop(permit);
         });
     }
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+async fn connection<S, Fut>(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    graceful: &GracefulShutdown,
+) where
+    S: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let fut = service(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let builder = {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES);
+        b
+    };
+    // Client errors (resets, oversized or slow heads, failed handshakes) end only that
+    // connection.
+    let result = match tls {
+        None => {
+            graceful
+                .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    graceful
+                        .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
+                        .await
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "connection ended with an error");
     }
 }

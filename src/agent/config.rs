@@ -124,10 +124,14 @@ pub fn validate_role_arn(arn: &str) -> Result<(), ConfigError> {
     let Some(path_and_name) = resource.strip_prefix("role/") else {
         return Err(err());
     };
-    let name = path_and_name.rsplit('/').next().unwrap_or_default();
-    let charset_ok = path_and_name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c));
+    let (path, name) = path_and_name
+        .rsplit_once('/')
+        .unwrap_or(("", path_and_name));
+    // IAM allows any printable ASCII in a role's path, but only [\w+=,.@-] in its name.
+    let charset_ok = path.chars().all(|c| c.is_ascii_graphic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
     let name_ok = (1..=64).contains(&name.len());
     if partition_ok && account_ok && charset_ok && name_ok && path_and_name.len() <= 512 {
         Ok(())
@@ -247,6 +251,7 @@ mod tests {
             "arn:aws:iam::111122223333:role/team/a/reader",
             "arn:aws-us-gov:iam::111122223333:role/x",
             "arn:aws-cn:iam::111122223333:role/a+b=c,d.e@f_g-h",
+            "arn:aws:iam::111122223333:role/p!th/x",
         ] {
             assert_eq!(validate_role_arn(arn), Ok(()), "{arn}");
         }

@@ -8,21 +8,21 @@
 //!
 //! Modules: `config` (flags and checks), `token` (projected token), `auth` (endpoint token),
 //! `sts` (the exchange), `schedule` (when to renew, pure), `refresh` (the loop), `cache`,
-//! `credentials` (the served document), `endpoint` (request → response, pure), `http`
-//! (serving), `metrics`.
+//! `credentials` (the served document), `endpoint` (request → response, pure), `metrics`.
+//! Serving itself is the crate's shared [`server`](crate::server).
 
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod endpoint;
-pub mod http;
 pub mod metrics;
 pub mod refresh;
 pub mod schedule;
 pub mod sts;
 pub mod token;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -162,12 +162,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         refresh::os_unit,
         stop_rx.clone(),
     ));
-    let creds_server = tokio::spawn(http::serve(
+    let creds_server = tokio::spawn(serve_sync(
         creds_listener,
         credentials_handler(auth, cache.clone(), metrics.clone()),
         stopped(stop_rx.clone()),
     ));
-    let health_server = tokio::spawn(http::serve(
+    let health_server = tokio::spawn(serve_sync(
         metrics_listener,
         health_handler(cache, metrics),
         stopped(stop_rx),
@@ -182,6 +182,19 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Answers one request from its head: both agent listeners answer from memory, synchronously,
+/// and never read a request body.
+type Handler = Arc<dyn Fn(&::http::request::Parts) -> Response<Full<Bytes>> + Send + Sync>;
+
+async fn serve_sync(listener: TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
+    let service = move |req: ::http::Request<hyper::body::Incoming>| {
+        let (parts, _body) = req.into_parts();
+        let resp = handler(&parts);
+        std::future::ready(resp)
+    };
+    crate::server::serve(listener, None, service, shutdown).await;
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AgentError> {
@@ -213,7 +226,7 @@ fn credentials_handler(
     auth: AuthToken,
     cache: Arc<CredentialCache>,
     metrics: AgentMetrics,
-) -> http::Handler {
+) -> Handler {
     Arc::new(move |parts| {
         let req = endpoint::EndpointRequest {
             method: &parts.method,
@@ -232,7 +245,7 @@ fn credentials_handler(
     })
 }
 
-fn health_handler(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> http::Handler {
+fn health_handler(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
     Arc::new(move |parts| match parts.uri.path() {
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(

@@ -18,12 +18,17 @@ use super::{
 };
 use crate::crd::AWSRoleBinding;
 
-/// Name of the agent's metrics/health port.
-pub(super) const METRICS_PORT_NAME: &str = "credvend-metrics";
+/// Name of the agent's metrics/health port. Port names are limited to 15 characters, so the
+/// longer `credvend-metrics` is not possible.
+pub const METRICS_PORT_NAME: &str = "credvend-metric";
 
 /// The native sidecar that exchanges the projected token for credentials and serves them on
 /// `127.0.0.1:<port>`.
-pub(super) fn container(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Container {
+pub(super) fn container(
+    binding: &AWSRoleBinding,
+    port: u16,
+    settings: &InjectSettings,
+) -> Container {
     let metrics_port = i32::from(settings.metrics_port);
     Container {
         name: AGENT_CONTAINER_NAME.to_owned(),
@@ -97,7 +102,10 @@ fn args(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Vec<S
     if let Some(region) = region {
         args.extend(["--region".to_owned(), region.clone()]);
     }
-    let endpoint = spec.sts_endpoint.as_ref().or(settings.default_sts_endpoint.as_ref());
+    let endpoint = spec
+        .sts_endpoint
+        .as_ref()
+        .or(settings.default_sts_endpoint.as_ref());
     if let Some(endpoint) = endpoint {
         args.extend(["--sts-endpoint".to_owned(), endpoint.clone()]);
     }

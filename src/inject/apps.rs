@@ -34,7 +34,10 @@ fn desired_env(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
             ENV_FULL_URI,
             format!("http://127.0.0.1:{}/v1/credentials", plan.port),
         ),
-        (ENV_TOKEN_FILE, format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}")),
+        (
+            ENV_TOKEN_FILE,
+            format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
+        ),
     ];
     if let Some(region) = &plan.binding.spec.region {
         env.push((ENV_REGION, region.clone()));
@@ -47,16 +50,24 @@ fn user_value<'c>(container: &'c Container, name: &str) -> Option<&'c EnvVar> {
     container.env.iter().flatten().find(|e| e.name == name)
 }
 
-/// The variables to add to `container`: the desired ones it does not set itself. The two
-/// region variables go together: a container that sets either keeps its own region setup.
+/// The variables to add to `container`: the desired ones it does not set itself. Variables
+/// that only make sense together are added together or not at all: a container that configures
+/// the container provider itself keeps it (credvend's token must not be sent to another
+/// endpoint), and one that sets either region variable keeps its own region setup.
 pub(super) fn env_to_add(plan: &Plan<'_>, container: &Container) -> Vec<EnvVar> {
     let sets_region = [ENV_REGION, ENV_DEFAULT_REGION]
         .iter()
         .any(|name| user_value(container, name).is_some());
+    let sets_provider = container.env.iter().flatten().any(|e| {
+        CREDENTIAL_ENV_PREFIXES
+            .iter()
+            .any(|prefix| e.name.starts_with(prefix))
+    });
     desired_env(plan)
         .into_iter()
         .filter(|(name, _)| user_value(container, name).is_none())
         .filter(|(name, _)| !(sets_region && [ENV_REGION, ENV_DEFAULT_REGION].contains(name)))
+        .filter(|(name, _)| !(sets_provider && [ENV_FULL_URI, ENV_TOKEN_FILE].contains(name)))
         .map(|(name, value)| EnvVar {
             name: name.to_owned(),
             value: Some(value),

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::crd::{self, AWSRoleBinding};
 
+pub use agent::METRICS_PORT_NAME;
 pub use settings::{
     AgentResources, DEFAULT_AGENT_IMAGE, DEFAULT_METRICS_PORT, DEFAULT_PORT, InjectSettings,
 };
@@ -100,7 +101,9 @@ pub enum Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SkipReason {
     /// No annotation asks for credentials.
-    #[error("the pod does not ask for credentials (no credvend.io/inject: \"true\" or credvend.io/binding annotation)")]
+    #[error(
+        "the pod does not ask for credentials (no credvend.io/inject: \"true\" or credvend.io/binding annotation)"
+    )]
     NotRequested,
     /// `credvend.io/inject: "false"`.
     #[error("the pod opts out with credvend.io/inject: \"false\"")]
@@ -125,10 +128,14 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DenyReason {
     /// `credvend.io/inject` is neither "true" nor "false".
-    #[error("annotation credvend.io/inject is {0:?}; set it to \"true\" to get AWS credentials from credvend, or \"false\" to opt out")]
+    #[error(
+        "annotation credvend.io/inject is {0:?}; set it to \"true\" to get AWS credentials from credvend, or \"false\" to opt out"
+    )]
     InvalidInjectAnnotation(String),
     /// `credvend.io/binding` names a binding that does not exist.
-    #[error("annotation credvend.io/binding names AWSRoleBinding {name:?}, which does not exist in namespace {namespace:?}; create it first or fix the annotation (kubectl get awsrolebindings -n {namespace})")]
+    #[error(
+        "annotation credvend.io/binding names AWSRoleBinding {name:?}, which does not exist in namespace {namespace:?}; create it first or fix the annotation (kubectl get awsrolebindings -n {namespace})"
+    )]
     UnknownBinding {
         /// The pod's namespace.
         namespace: String,
@@ -136,7 +143,9 @@ pub enum DenyReason {
         name: String,
     },
     /// The chosen binding is for another service account.
-    #[error("AWSRoleBinding {namespace}/{binding} does not allow service account {pod_service_account:?} (it names {binding_service_account:?}); run the pod as serviceAccountName: {binding_service_account}, or use a binding for {pod_service_account:?}")]
+    #[error(
+        "AWSRoleBinding {namespace}/{binding} does not allow service account {pod_service_account:?} (it names {binding_service_account:?}); run the pod as serviceAccountName: {binding_service_account}, or use a binding for {pod_service_account:?}"
+    )]
     WrongServiceAccount {
         /// The pod's namespace.
         namespace: String,
@@ -158,7 +167,9 @@ pub enum DenyReason {
         names: Vec<String>,
     },
     /// No binding names the pod's service account.
-    #[error("no AWSRoleBinding in namespace {namespace:?} names service account {service_account:?}; create one with spec.serviceAccountName: {service_account}, or name one with the annotation credvend.io/binding")]
+    #[error(
+        "no AWSRoleBinding in namespace {namespace:?} names service account {service_account:?}; create one with spec.serviceAccountName: {service_account}, or name one with the annotation credvend.io/binding"
+    )]
     NoBinding {
         /// The pod's namespace.
         namespace: String,
@@ -166,7 +177,9 @@ pub enum DenyReason {
         service_account: String,
     },
     /// The chosen binding fails validation.
-    #[error("AWSRoleBinding {namespace}/{name} is invalid: {problems}; fix the binding (kubectl describe awsrolebinding {name} -n {namespace})")]
+    #[error(
+        "AWSRoleBinding {namespace}/{name} is invalid: {problems}; fix the binding (kubectl describe awsrolebinding {name} -n {namespace})"
+    )]
     InvalidBinding {
         /// The pod's namespace.
         namespace: String,
@@ -176,22 +189,32 @@ pub enum DenyReason {
         problems: String,
     },
     /// `hostNetwork: true`: loopback would be the node's.
-    #[error("credvend cannot serve pods with hostNetwork: true: its endpoint on 127.0.0.1 would be on the node's loopback, open to every host-network pod of the node; remove hostNetwork, or the credvend.io annotations")]
+    #[error(
+        "credvend cannot serve pods with hostNetwork: true: its endpoint on 127.0.0.1 would be on the node's loopback, open to every host-network pod of the node; remove hostNetwork, or the credvend.io annotations"
+    )]
     HostNetwork,
     /// `spec.os.name: windows`.
-    #[error("the credvend agent runs on Linux only and this pod sets spec.os.name: windows; remove the credvend.io annotations from Windows pods")]
+    #[error(
+        "the credvend agent runs on Linux only and this pod sets spec.os.name: windows; remove the credvend.io annotations from Windows pods"
+    )]
     Windows,
     /// The pod brings its own container named like the agent.
-    #[error("the pod already has a container named credvend-agent in spec.{list}, which credvend did not add; rename it, credvend reserves that name")]
+    #[error(
+        "the pod already has a container named credvend-agent in spec.{list}, which credvend did not add; rename it, credvend reserves that name"
+    )]
     ForeignAgentContainer {
         /// `initContainers` or `containers`.
         list: &'static str,
     },
     /// The pod brings its own volume named like one of credvend's.
-    #[error("the pod already has a volume named {0:?}, which credvend reserves; rename that volume")]
+    #[error(
+        "the pod already has a volume named {0:?}, which credvend reserves; rename that volume"
+    )]
     ForeignVolume(String),
     /// A container already mounts something where the authorization token goes.
-    #[error("container {container:?} already mounts a volume at {path}, where credvend puts the authorization token; move that mount, or list the container in credvend.io/skip-containers")]
+    #[error(
+        "container {container:?} already mounts a volume at {path}, where credvend puts the authorization token; move that mount, or list the container in credvend.io/skip-containers"
+    )]
     MountPathTaken {
         /// The container.
         container: String,
@@ -199,7 +222,9 @@ pub enum DenyReason {
         path: &'static str,
     },
     /// `credvend.io/port` is not usable.
-    #[error("annotation credvend.io/port is {value:?}: {why}; use a port from 1024 to 65535 other than {metrics_port} (the agent's metrics port), or remove the annotation to use {default_port}")]
+    #[error(
+        "annotation credvend.io/port is {value:?}: {why}; use a port from 1024 to 65535 other than {metrics_port} (the agent's metrics port), or remove the annotation to use {default_port}"
+    )]
     InvalidPort {
         /// The annotation as written.
         value: String,
@@ -211,7 +236,9 @@ pub enum DenyReason {
         default_port: u16,
     },
     /// A container declares the port the credentials endpoint would use.
-    #[error("container {container:?} declares port {port}, which the credvend agent would use for credentials; set the annotation credvend.io/port to a free port")]
+    #[error(
+        "container {container:?} declares port {port}, which the credvend agent would use for credentials; set the annotation credvend.io/port to a free port"
+    )]
     CredentialsPortInUse {
         /// The container.
         container: String,
@@ -219,7 +246,9 @@ pub enum DenyReason {
         port: u16,
     },
     /// A container declares the agent's metrics port.
-    #[error("container {container:?} declares port {port}, which is the credvend agent's metrics port (an operator setting); move the container to another port")]
+    #[error(
+        "container {container:?} declares port {port}, which is the credvend agent's metrics port (an operator setting); move the container to another port"
+    )]
     MetricsPortInUse {
         /// The container.
         container: String,
@@ -228,7 +257,11 @@ pub enum DenyReason {
     },
     /// `credvend.io/skip-containers` names containers the pod does not have. Refused rather
     /// than ignored: a typo would otherwise give credentials to a container meant to be skipped.
-    #[error("annotation credvend.io/skip-containers names {}, not a container of this pod (it has {}); fix the names", quoted(unknown), quoted(known))]
+    #[error(
+        "annotation credvend.io/skip-containers names {}, not a container of this pod (it has {}); fix the names",
+        quoted(unknown),
+        quoted(known)
+    )]
     UnknownSkipContainers {
         /// The names that match no container.
         unknown: Vec<String>,
@@ -239,7 +272,9 @@ pub enum DenyReason {
     #[error("the pod has no spec")]
     NoSpec,
     /// Building the patch failed; a bug, not a user mistake.
-    #[error("credvend could not build the patch for this pod ({0}); this is a bug in credvend, please report it")]
+    #[error(
+        "credvend could not build the patch for this pod ({0}); this is a bug in credvend, please report it"
+    )]
     Internal(String),
 }
 

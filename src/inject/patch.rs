@@ -76,7 +76,11 @@ fn metadata(pod: &Pod, plan: &Plan<'_>, ops: &mut Ops) -> Result<(), serde_json:
     )
 }
 
-fn app_container(target: &Target<'_>, plan: &Plan<'_>, ops: &mut Ops) -> Result<(), serde_json::Error> {
+fn app_container(
+    target: &Target<'_>,
+    plan: &Plan<'_>,
+    ops: &mut Ops,
+) -> Result<(), serde_json::Error> {
     // The agent was inserted at initContainers/0 by an earlier operation of this patch, so
     // every original init container has moved one place down.
     let index = match target.list {
@@ -144,7 +148,7 @@ fn add_entries(
 }
 
 /// A pointer from unescaped tokens; escaping happens here, once.
-fn pointer(tokens: &[&str]) -> PointerBuf {
+pub(super) fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
 }
 

@@ -43,7 +43,11 @@ pub(super) fn request(pod: &Pod) -> Result<Request<'_>, DenyReason> {
 }
 
 pub(super) fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 /// Per-pod choices from annotations, checked.
@@ -76,9 +80,7 @@ fn port(value: Option<&str>, settings: &InjectSettings) -> Result<u16, DenyReaso
         metrics_port: settings.metrics_port,
         default_port: settings.default_port,
     };
-    let port: u16 = value
-        .parse()
-        .map_err(|_| invalid("not a port number"))?;
+    let port: u16 = value.parse().map_err(|_| invalid("not a port number"))?;
     if port < 1024 {
         return Err(invalid(
             "ports below 1024 need a privilege the agent does not have",
@@ -174,11 +176,11 @@ fn check_ports(spec: &PodSpec, port: u16, metrics_port: u16) -> Result<(), DenyR
 
 /// The pod's service account, as the API server will default it.
 pub(super) fn service_account(spec: &PodSpec) -> &str {
-    #[allow(deprecated)] // `serviceAccount` is the deprecated alias some manifests still use.
-    let alias = spec.service_account.as_deref();
-    [spec.service_account_name.as_deref(), alias]
+    // `serviceAccount` is the deprecated alias some manifests still use.
+    [&spec.service_account_name, &spec.service_account]
         .into_iter()
         .flatten()
+        .map(String::as_str)
         .find(|name| !name.is_empty())
         .unwrap_or("default")
 }

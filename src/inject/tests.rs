@@ -1,1 +1,909 @@
 //! Table-driven and golden tests of the pod mutation.
+//!
+//! Golden files: `tests/golden/inject/<case>.json` hold the exact patch for each injected pod
+//! shape. After an intended change, regenerate them with
+//! `UPDATE_GOLDEN=1 cargo test --lib inject` and review the diff.
+
+use std::path::PathBuf;
+
+use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::AWSRoleBindingSpec;
+
+const NS: &str = "team-a";
+
+fn settings() -> InjectSettings {
+    InjectSettings {
+        agent_image: "credvend:test".to_owned(),
+        ..InjectSettings::default()
+    }
+}
+
+fn binding(name: &str, service_account: &str) -> AWSRoleBinding {
+    let mut b = AWSRoleBinding::new(
+        name,
+        AWSRoleBindingSpec {
+            service_account_name: service_account.to_owned(),
+            role_arn: format!("arn:aws:iam::111122223333:role/{name}"),
+            session_duration: "1h".to_owned(),
+            region: None,
+            sts_endpoint: None,
+            audience: "sts.amazonaws.com".to_owned(),
+        },
+    );
+    b.metadata.namespace = Some(NS.to_owned());
+    b.metadata.generation = Some(3);
+    b
+}
+
+fn with(mut b: AWSRoleBinding, f: impl FnOnce(&mut AWSRoleBindingSpec)) -> AWSRoleBinding {
+    f(&mut b.spec);
+    b
+}
+
+fn in_namespace(mut b: AWSRoleBinding, namespace: &str) -> AWSRoleBinding {
+    b.metadata.namespace = Some(namespace.to_owned());
+    b
+}
+
+/// A pod of service account `app` asking for injection, with one container `app`.
+fn base_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "namespace": NS,
+            "annotations": {"credvend.io/inject": "true"}
+        },
+        "spec": {
+            "serviceAccountName": "app",
+            "containers": [{"name": "app", "image": "app:1"}]
+        }
+    })
+}
+
+/// `base_pod` with JSON merged in (objects merge, everything else replaces).
+fn pod_with(overrides: Value) -> Value {
+    let mut pod = base_pod();
+    json_patch::merge(&mut pod, &overrides);
+    pod
+}
+
+fn typed(pod: &Value) -> Pod {
+    serde_json::from_value(pod.clone()).unwrap()
+}
+
+fn decide_on(pod: &Value, bindings: &[AWSRoleBinding]) -> Decision {
+    let refs: Vec<&AWSRoleBinding> = bindings.iter().collect();
+    let candidates = Candidates {
+        namespace: NS,
+        bindings: &refs,
+    };
+    decide(&typed(pod), &candidates, &settings())
+}
+
+// ----- golden cases -------------------------------------------------------------------------
+
+struct Golden {
+    name: &'static str,
+    pod: Value,
+    bindings: Vec<AWSRoleBinding>,
+    /// Substrings expected in the warnings, one per warning, in order.
+    warnings: Vec<&'static str>,
+}
+
+fn golden_cases() -> Vec<Golden> {
+    let app = || vec![binding("s3-reader", "app")];
+    vec![
+        Golden {
+            name: "minimal",
+            pod: base_pod(),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "binding_annotation_only",
+            // Injection asked for by credvend.io/binding alone; no labels map yet.
+            pod: pod_with(json!({"metadata": {"annotations": {
+                "credvend.io/inject": null,
+                "credvend.io/binding": "s3-reader"
+            }}})),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "existing_init_containers_and_volumes",
+            pod: pod_with(json!({"spec": {
+                "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{
+                    "name": "app", "image": "app:1",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                }]
+            }})),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "existing_native_sidecar",
+            pod: pod_with(json!({"spec": {
+                "initContainers": [
+                    {"name": "setup", "image": "setup:1", "env": [{"name": "X", "value": "1"}]},
+                    {"name": "log-shipper", "image": "ship:1", "restartPolicy": "Always"}
+                ]
+            }})),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "several_containers",
+            pod: pod_with(json!({"spec": {"containers": [
+                {"name": "app", "image": "app:1", "env": [{"name": "LOG", "value": "debug"}]},
+                {"name": "worker", "image": "worker:1", "args": ["--queue", "jobs"]},
+                {"name": "proxy", "image": "proxy:1", "ports": [{"containerPort": 8080}]}
+            ]}})),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "region_set_by_user_is_kept",
+            pod: pod_with(json!({"spec": {"containers": [
+                {"name": "app", "image": "app:1", "env": [{"name": "AWS_REGION", "value": "us-east-1"}]},
+                {"name": "worker", "image": "worker:1", "env": [
+                    {"name": "AWS_DEFAULT_REGION", "valueFrom": {"configMapKeyRef": {"name": "aws", "key": "region"}}}
+                ]},
+                {"name": "batch", "image": "batch:1"}
+            ]}})),
+            bindings: vec![with(binding("s3-reader", "app"), |s| {
+                s.region = Some("eu-west-1".to_owned());
+            })],
+            warnings: vec![],
+        },
+        Golden {
+            name: "skip_containers",
+            pod: pod_with(json!({
+                "metadata": {"annotations": {"credvend.io/skip-containers": " istio-proxy , setup"}},
+                "spec": {
+                    "initContainers": [{"name": "setup", "image": "setup:1"}],
+                    "containers": [
+                        {"name": "app", "image": "app:1"},
+                        {"name": "istio-proxy", "image": "proxy:1"}
+                    ]
+                }
+            })),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "explicit_binding_among_several",
+            pod: pod_with(
+                json!({"metadata": {"annotations": {"credvend.io/binding": "dynamo-writer"}}}),
+            ),
+            bindings: vec![binding("s3-reader", "app"), binding("dynamo-writer", "app")],
+            warnings: vec![],
+        },
+        Golden {
+            name: "keys_needing_escapes",
+            pod: pod_with(json!({"metadata": {
+                "labels": {"app.kubernetes.io/name": "web", "example.com/team": "a"},
+                "annotations": {"example.com/owner": "team-a"}
+            }})),
+            bindings: app(),
+            warnings: vec![],
+        },
+        Golden {
+            name: "credentials_env_warns",
+            pod: pod_with(json!({"spec": {"containers": [{
+                "name": "app", "image": "app:1",
+                "env": [
+                    {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "aws", "key": "id"}}},
+                    {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"}
+                ]
+            }]}})),
+            bindings: app(),
+            warnings: vec!["\"app\" sets AWS_ACCESS_KEY_ID, AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        },
+        Golden {
+            name: "custom_port_region_endpoint_envfrom",
+            pod: pod_with(json!({
+                "metadata": {"annotations": {"credvend.io/port": "10000"}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "app:1",
+                    "envFrom": [{"configMapRef": {"name": "settings"}}]
+                }]}
+            })),
+            bindings: vec![with(binding("s3-reader", "app"), |s| {
+                s.region = Some("eu-west-1".to_owned());
+                s.sts_endpoint = Some("https://sts-fips.eu-west-1.amazonaws.com".to_owned());
+                s.audience = "sts.example.internal".to_owned();
+                s.session_duration = "90m".to_owned();
+            })],
+            warnings: vec!["\"app\" uses envFrom"],
+        },
+        Golden {
+            name: "short_session_and_default_service_account",
+            pod: pod_with(json!({"spec": {"serviceAccountName": null}})),
+            bindings: vec![with(binding("s3-reader", "default"), |s| {
+                s.session_duration = "30m".to_owned();
+            })],
+            warnings: vec!["sessionDuration 30m is under 40m"],
+        },
+        Golden {
+            name: "every_container_skipped",
+            pod: pod_with(
+                json!({"metadata": {"annotations": {"credvend.io/skip-containers": "app"}}}),
+            ),
+            bindings: app(),
+            warnings: vec!["lists every container"],
+        },
+    ]
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/inject")
+        .join(format!("{name}.json"))
+}
+
+fn injected(case: &Golden) -> (json_patch::Patch, Vec<String>, String) {
+    match decide_on(&case.pod, &case.bindings) {
+        Decision::Inject {
+            patch,
+            warnings,
+            binding,
+        } => (patch, warnings, binding),
+        other => panic!("{}: expected an injection, got {other:?}", case.name),
+    }
+}
+
+#[test]
+fn patches_match_golden_files() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for case in golden_cases() {
+        let (patch, _, _) = injected(&case);
+        let rendered = serde_json::to_string_pretty(&patch).unwrap() + "\n";
+        let path = golden_path(case.name);
+        if update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &rendered).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            expected == rendered,
+            "{}: the patch differs from {}; if the change is intended, run `UPDATE_GOLDEN=1 cargo test --lib inject` and review the diff\n--- got:\n{rendered}",
+            case.name,
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn golden_cases_warn_exactly_as_expected() {
+    for case in golden_cases() {
+        let (_, warnings, _) = injected(&case);
+        assert_eq!(
+            warnings.len(),
+            case.warnings.len(),
+            "{}: {warnings:?}",
+            case.name
+        );
+        for (warning, expected) in warnings.iter().zip(&case.warnings) {
+            assert!(warning.contains(expected), "{}: {warning}", case.name);
+            assert!(warning.len() <= 256, "{}: too long: {warning}", case.name);
+        }
+    }
+}
+
+#[test]
+fn patches_only_add() {
+    for case in golden_cases() {
+        let (patch, _, _) = injected(&case);
+        for op in patch.iter() {
+            assert!(
+                matches!(op, PatchOperation::Add(_)),
+                "{}: {op:?}",
+                case.name
+            );
+        }
+    }
+}
+
+/// Applies each golden patch and compares typed-before with typed-after: the agent comes
+/// first, every original container is unchanged except for appended env and mounts, and
+/// nothing the pod had is lost.
+#[test]
+fn applied_patches_keep_the_pod_and_add_the_agent() {
+    for case in golden_cases() {
+        let (patch, _, binding_name) = injected(&case);
+        let mut after_json = case.pod.clone();
+        json_patch::patch(&mut after_json, &patch)
+            .unwrap_or_else(|e| panic!("{}: patch does not apply: {e}", case.name));
+        let before = typed(&case.pod);
+        let after = typed(&after_json);
+        let (before_spec, after_spec) = (before.spec.unwrap(), after.spec.unwrap());
+
+        let after_init = after_spec.init_containers.clone().unwrap();
+        let agent = &after_init[0];
+        assert_eq!(agent.name, AGENT_CONTAINER_NAME, "{}", case.name);
+        assert_eq!(agent.restart_policy.as_deref(), Some("Always"));
+        let before_init = before_spec.init_containers.clone().unwrap_or_default();
+        assert_eq!(after_init.len(), before_init.len() + 1, "{}", case.name);
+        for (b, a) in before_init.iter().zip(&after_init[1..]) {
+            assert_only_appended(case.name, b, a);
+        }
+        assert_eq!(
+            before_spec.containers.len(),
+            after_spec.containers.len(),
+            "{}",
+            case.name
+        );
+        for (b, a) in before_spec.containers.iter().zip(&after_spec.containers) {
+            assert_only_appended(case.name, b, a);
+        }
+
+        let volumes: Vec<String> = after_spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect();
+        let mut expected: Vec<String> = before_spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect();
+        expected.extend([TOKEN_VOLUME.to_owned(), AUTH_VOLUME.to_owned()]);
+        assert_eq!(volumes, expected, "{}", case.name);
+
+        let labels = after.metadata.labels.unwrap_or_default();
+        assert_eq!(labels.get(LABEL_BINDING), Some(&binding_name));
+        for (k, v) in before.metadata.labels.iter().flatten() {
+            assert_eq!(labels.get(k), Some(v), "{}: label {k}", case.name);
+        }
+        let annotations = after.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get(ANNOTATION_STATUS).map(String::as_str),
+            Some(STATUS_INJECTED)
+        );
+        assert_eq!(
+            annotations
+                .get(ANNOTATION_BINDING_GENERATION)
+                .map(String::as_str),
+            Some("3")
+        );
+        for (k, v) in before.metadata.annotations.iter().flatten() {
+            assert_eq!(annotations.get(k), Some(v), "{}: annotation {k}", case.name);
+        }
+    }
+}
+
+/// `after` is `before` with env and volume mounts appended (and nothing else changed).
+fn assert_only_appended(case: &str, before: &Container, after: &Container) {
+    let mut trimmed = after.clone();
+    keep_prefix(&before.env, &mut trimmed.env);
+    keep_prefix(&before.volume_mounts, &mut trimmed.volume_mounts);
+    assert_eq!(&trimmed, before, "{case}: container {}", before.name);
+}
+
+fn keep_prefix<T>(before: &Option<Vec<T>>, after: &mut Option<Vec<T>>) {
+    match (before, after.as_mut()) {
+        (None, _) => *after = None,
+        (Some(b), Some(a)) => a.truncate(b.len()),
+        (Some(_), None) => {}
+    }
+}
+
+#[test]
+fn reinvocation_on_the_patched_pod_is_skipped() {
+    for case in golden_cases() {
+        let (patch, _, _) = injected(&case);
+        let mut after = case.pod.clone();
+        json_patch::patch(&mut after, &patch).unwrap();
+        assert_eq!(
+            decide_on(&after, &case.bindings),
+            Decision::Skip {
+                reason: SkipReason::AlreadyInjected
+            },
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn fields_unknown_to_this_code_survive_the_patch() {
+    let pod = pod_with(json!({"spec": {
+        "futureField": {"x": 1},
+        "containers": [{"name": "app", "image": "app:1", "futureContainerField": true}]
+    }}));
+    let Decision::Inject { patch, .. } = decide_on(&pod, &[binding("s3-reader", "app")]) else {
+        panic!("expected an injection");
+    };
+    let mut after = pod.clone();
+    json_patch::patch(&mut after, &patch).unwrap();
+    assert_eq!(after["spec"]["futureField"], json!({"x": 1}));
+    assert_eq!(
+        after["spec"]["containers"][0]["futureContainerField"],
+        json!(true)
+    );
+}
+
+#[test]
+fn app_containers_get_the_endpoint_and_never_lose_user_values() {
+    let pod = pod_with(json!({"spec": {"containers": [
+        {"name": "app", "image": "app:1", "env": [{"name": "AWS_REGION", "value": "us-east-1"}]},
+        {"name": "batch", "image": "batch:1"}
+    ]}}));
+    let b = with(binding("s3-reader", "app"), |s| {
+        s.region = Some("eu-west-1".to_owned());
+    });
+    let after = applied(&pod, &[b]);
+    let env = |i: usize| -> Vec<(String, String)> {
+        after.spec.as_ref().unwrap().containers[i]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    };
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    assert_eq!(
+        env(0),
+        [
+            pair("AWS_REGION", "us-east-1"),
+            pair(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9911/v1/credentials"
+            ),
+            pair(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                "/var/run/credvend/auth/token"
+            ),
+        ]
+    );
+    assert_eq!(
+        env(1),
+        [
+            pair(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9911/v1/credentials"
+            ),
+            pair(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                "/var/run/credvend/auth/token"
+            ),
+            pair("AWS_REGION", "eu-west-1"),
+            pair("AWS_DEFAULT_REGION", "eu-west-1"),
+        ]
+    );
+    let mounts = after.spec.as_ref().unwrap().containers[1]
+        .volume_mounts
+        .clone()
+        .unwrap();
+    assert_eq!(mounts[0].name, AUTH_VOLUME);
+    assert_eq!(mounts[0].read_only, Some(true));
+}
+
+fn applied(pod: &Value, bindings: &[AWSRoleBinding]) -> Pod {
+    let Decision::Inject { patch, .. } = decide_on(pod, bindings) else {
+        panic!("expected an injection");
+    };
+    let mut after = pod.clone();
+    json_patch::patch(&mut after, &patch).unwrap();
+    typed(&after)
+}
+
+#[test]
+fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
+    let b = with(binding("s3-reader", "app"), |s| {
+        s.region = Some("eu-west-1".to_owned());
+    });
+    let after = applied(&base_pod(), &[b]);
+    let spec = after.spec.unwrap();
+    let agent = &spec.init_containers.as_ref().unwrap()[0];
+    let args = agent.args.clone().unwrap();
+    assert_eq!(
+        args,
+        [
+            "agent",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/s3-reader",
+            "--duration",
+            "1h",
+            "--token-file",
+            "/var/run/secrets/credvend.io/serviceaccount/token",
+            "--auth-token-file",
+            "/var/run/credvend/auth/token",
+            "--listen",
+            "127.0.0.1:9911",
+            "--metrics-listen",
+            "0.0.0.0:9912",
+            "--region",
+            "eu-west-1"
+        ]
+    );
+    let sc = agent.security_context.clone().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(65532));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let startup = agent.startup_probe.clone().unwrap();
+    assert_eq!(startup.period_seconds, Some(1));
+    assert_eq!(
+        startup.http_get.unwrap().path.as_deref(),
+        Some("/healthz/ready")
+    );
+    // The projected token is mounted into the agent and nowhere else.
+    let token_mounts = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == TOKEN_VOLUME)
+        })
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(token_mounts, [AGENT_CONTAINER_NAME]);
+    let token = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == TOKEN_VOLUME)
+        .unwrap();
+    let projection = token.projected.clone().unwrap().sources.unwrap()[0]
+        .service_account_token
+        .clone()
+        .unwrap();
+    assert_eq!(projection.audience.as_deref(), Some("sts.amazonaws.com"));
+    assert_eq!(projection.expiration_seconds, Some(3600));
+    let auth = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == AUTH_VOLUME)
+        .unwrap();
+    assert_eq!(
+        auth.empty_dir.clone().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+}
+
+#[test]
+fn settings_defaults_reach_the_agent_when_the_binding_is_silent() {
+    let settings = InjectSettings {
+        default_region: Some("eu-central-1".to_owned()),
+        default_sts_endpoint: Some("https://sts.eu-central-1.amazonaws.com".to_owned()),
+        ..settings()
+    };
+    let b = binding("s3-reader", "app");
+    let candidates = Candidates {
+        namespace: NS,
+        bindings: &[&b],
+    };
+    let Decision::Inject { patch, .. } = decide(&typed(&base_pod()), &candidates, &settings) else {
+        panic!("expected an injection");
+    };
+    let text = serde_json::to_string(&patch).unwrap();
+    assert!(text.contains(
+        r#""--region","eu-central-1","--sts-endpoint","https://sts.eu-central-1.amazonaws.com""#
+    ));
+    // Apps get AWS_REGION only from the binding.
+    assert!(!text.contains("AWS_REGION"), "{text}");
+}
+
+// ----- skips and denials --------------------------------------------------------------------
+
+#[test]
+fn skips() {
+    let cases = [
+        (
+            "no annotation",
+            pod_with(json!({"metadata": {"annotations": null}})),
+            SkipReason::NotRequested,
+        ),
+        (
+            "unrelated annotations only",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/inject": null, "x": "y"}}})),
+            SkipReason::NotRequested,
+        ),
+        (
+            "opted out",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/inject": "false"}}})),
+            SkipReason::OptedOut,
+        ),
+        (
+            "opt-out wins over a binding",
+            pod_with(json!({"metadata": {"annotations": {
+                "credvend.io/inject": "false", "credvend.io/binding": "s3-reader"
+            }}})),
+            SkipReason::OptedOut,
+        ),
+        (
+            "already injected",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/status": "injected"}}})),
+            SkipReason::AlreadyInjected,
+        ),
+        (
+            "already injected wins over a foreign-looking agent",
+            pod_with(json!({
+                "metadata": {"annotations": {"credvend.io/status": "injected"}},
+                "spec": {"hostNetwork": true, "initContainers": [{"name": "credvend-agent"}]}
+            })),
+            SkipReason::AlreadyInjected,
+        ),
+    ];
+    for (name, pod, want) in cases {
+        assert_eq!(
+            decide_on(&pod, &[binding("s3-reader", "app")]),
+            Decision::Skip { reason: want },
+            "{name}"
+        );
+    }
+}
+
+/// A denial case: name, pod, bindings, expected metric label, and words the message must
+/// contain (the fix).
+type DenyCase = (
+    &'static str,
+    Value,
+    Vec<AWSRoleBinding>,
+    &'static str,
+    Vec<&'static str>,
+);
+
+#[test]
+fn denials_name_the_fix() {
+    let app = || vec![binding("s3-reader", "app")];
+    let cases: Vec<DenyCase> = vec![
+        (
+            "inject annotation typo",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/inject": "yes"}}})),
+            app(),
+            "invalid_inject_annotation",
+            vec!["\"yes\"", "\"true\""],
+        ),
+        (
+            "unknown binding",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/binding": "s3-raeder"}}})),
+            app(),
+            "unknown_binding",
+            vec!["\"s3-raeder\"", "namespace \"team-a\""],
+        ),
+        (
+            "binding for another service account",
+            pod_with(
+                json!({"metadata": {"annotations": {"credvend.io/binding": "s3-reader"}},
+                            "spec": {"serviceAccountName": "web"}}),
+            ),
+            app(),
+            "wrong_service_account",
+            vec!["team-a/s3-reader", "\"web\"", "serviceAccountName: app"],
+        ),
+        (
+            "two bindings for the service account",
+            base_pod(),
+            vec![binding("s3-reader", "app"), binding("a-writer", "app")],
+            "ambiguous_bindings",
+            vec!["a-writer, s3-reader", "credvend.io/binding: <name>"],
+        ),
+        (
+            "no binding for the service account",
+            pod_with(json!({"spec": {"serviceAccountName": "web"}})),
+            app(),
+            "no_binding",
+            vec![
+                "\"web\"",
+                "spec.serviceAccountName: web",
+                "credvend.io/binding",
+            ],
+        ),
+        (
+            "a binding of another namespace does not count",
+            base_pod(),
+            vec![in_namespace(binding("s3-reader", "app"), "team-b")],
+            "no_binding",
+            vec!["\"team-a\""],
+        ),
+        (
+            "host network",
+            pod_with(json!({"spec": {"hostNetwork": true}})),
+            app(),
+            "host_network",
+            vec!["hostNetwork", "node's loopback"],
+        ),
+        (
+            "windows",
+            pod_with(json!({"spec": {"os": {"name": "windows"}}})),
+            app(),
+            "windows",
+            vec!["spec.os.name: windows"],
+        ),
+        (
+            "foreign agent container",
+            pod_with(json!({"spec": {"containers": [
+                {"name": "app", "image": "app:1"},
+                {"name": "credvend-agent", "image": "evil:1"}
+            ]}})),
+            app(),
+            "foreign_agent_container",
+            vec!["spec.containers", "rename"],
+        ),
+        (
+            "foreign agent init container",
+            pod_with(
+                json!({"spec": {"initContainers": [{"name": "credvend-agent", "image": "old:1"}]}}),
+            ),
+            app(),
+            "foreign_agent_container",
+            vec!["spec.initContainers"],
+        ),
+        (
+            "foreign volume",
+            pod_with(json!({"spec": {"volumes": [{"name": "credvend-auth", "emptyDir": {}}]}})),
+            app(),
+            "foreign_volume",
+            vec!["\"credvend-auth\""],
+        ),
+        (
+            "mount path taken",
+            pod_with(
+                json!({"spec": {"containers": [{"name": "app", "image": "app:1",
+                "volumeMounts": [{"name": "x", "mountPath": "/var/run/credvend/auth/"}]}]}}),
+            ),
+            app(),
+            "mount_path_taken",
+            vec!["\"app\"", "credvend.io/skip-containers"],
+        ),
+        (
+            "port below 1024",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/port": "80"}}})),
+            app(),
+            "invalid_port",
+            vec!["\"80\"", "1024 to 65535", "9912"],
+        ),
+        (
+            "port beyond 65535",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/port": "70000"}}})),
+            app(),
+            "invalid_port",
+            vec!["not a port number"],
+        ),
+        (
+            "port not a number",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/port": "http"}}})),
+            app(),
+            "invalid_port",
+            vec!["\"http\""],
+        ),
+        (
+            "port equal to the metrics port",
+            pod_with(json!({"metadata": {"annotations": {"credvend.io/port": "9912"}}})),
+            app(),
+            "invalid_port",
+            vec!["metrics port"],
+        ),
+        (
+            "credentials port declared by a container",
+            pod_with(
+                json!({"spec": {"containers": [{"name": "app", "image": "app:1",
+                "ports": [{"containerPort": 9911}]}]}}),
+            ),
+            app(),
+            "credentials_port_in_use",
+            vec!["9911", "credvend.io/port"],
+        ),
+        (
+            "metrics port declared by a container",
+            pod_with(
+                json!({"spec": {"containers": [{"name": "app", "image": "app:1",
+                "ports": [{"containerPort": 9912}]}]}}),
+            ),
+            app(),
+            "metrics_port_in_use",
+            vec!["9912"],
+        ),
+        (
+            "unknown skip-containers",
+            pod_with(
+                json!({"metadata": {"annotations": {"credvend.io/skip-containers": "app,istio-prxy"}}}),
+            ),
+            app(),
+            "unknown_skip_containers",
+            vec!["\"istio-prxy\"", "it has \"app\""],
+        ),
+        (
+            "invalid binding",
+            base_pod(),
+            vec![with(binding("s3-reader", "app"), |s| {
+                s.role_arn = "arn:aws:iam::1234:role/x".to_owned();
+                s.session_duration = "24h".to_owned();
+            })],
+            "invalid_binding",
+            vec![
+                "team-a/s3-reader is invalid",
+                "12 digits",
+                "15m..12h",
+                "kubectl describe",
+            ],
+        ),
+        (
+            "binding name too long for a label",
+            base_pod(),
+            vec![binding(&"b".repeat(64), "app")],
+            "invalid_binding",
+            vec!["63 characters"],
+        ),
+        (
+            "no spec",
+            json!({"metadata": {"annotations": {"credvend.io/inject": "true"}}}),
+            app(),
+            "no_spec",
+            vec![],
+        ),
+    ];
+    for (name, pod, bindings, label, words) in cases {
+        let Decision::Deny { reason } = decide_on(&pod, &bindings) else {
+            panic!(
+                "{name}: expected a denial, got {:?}",
+                decide_on(&pod, &bindings)
+            );
+        };
+        assert_eq!(reason.metric_label(), label, "{name}: {reason}");
+        let message = reason.to_string();
+        for word in words {
+            assert!(message.contains(word), "{name}: {word:?} not in {message}");
+        }
+    }
+}
+
+#[test]
+fn only_missing_bindings_invite_a_live_lookup() {
+    let missing = decide_on(
+        &pod_with(json!({"metadata": {"annotations": {"credvend.io/binding": "new"}}})),
+        &[],
+    );
+    let none = decide_on(&base_pod(), &[]);
+    let wrong_sa = decide_on(
+        &pod_with(json!({"spec": {"hostNetwork": true}})),
+        &[binding("s3-reader", "app")],
+    );
+    let is_missing =
+        |d: &Decision| matches!(d, Decision::Deny { reason } if reason.binding_missing());
+    assert!(is_missing(&missing));
+    assert!(is_missing(&none));
+    assert!(!is_missing(&wrong_sa));
+}
+
+#[test]
+fn deprecated_service_account_field_is_honoured() {
+    let pod = pod_with(json!({"spec": {"serviceAccountName": null, "serviceAccount": "app"}}));
+    assert!(matches!(
+        decide_on(&pod, &[binding("s3-reader", "app")]),
+        Decision::Inject { .. }
+    ));
+}
+
+#[test]
+fn pointer_tokens_are_escaped() {
+    // Kubernetes keys cannot contain '~', but the escaping must not depend on that.
+    let path = patch::pointer(&["metadata", "labels", "example.com/a~b"]);
+    assert_eq!(path.as_str(), "/metadata/labels/example.com~1a~0b");
+}
+
+#[test]
+fn agent_port_name_fits_the_kubernetes_limit() {
+    // IANA service names, which Kubernetes requires for port names, have at most 15 characters.
+    assert!(METRICS_PORT_NAME.len() <= 15);
+}

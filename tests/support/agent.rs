@@ -16,7 +16,10 @@ pub const SESSION_NAME: &str = "team-a.web-0";
 
 /// A JWT-shaped token like a projected service-account token (moto does not verify it).
 pub fn fake_jwt(expires_in: Duration) -> String {
-    let exp = (SystemTime::now() + expires_in).duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let exp = (SystemTime::now() + expires_in)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = serde_json::json!({
         "aud": ["sts.amazonaws.com"],
         "exp": exp,
@@ -32,7 +35,11 @@ pub fn fake_jwt(expires_in: Duration) -> String {
 
 /// A free port on 127.0.0.1 (released before use; good enough for tests on one machine).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// How to start an agent.
@@ -195,28 +202,40 @@ impl AgentProcess {
     /// GET the credentials endpoint with the auth token from the file.
     pub async fn fetch(&self) -> http::Reply {
         let token = self.auth_token();
-        http::request("GET", &self.credentials_url(), &[("authorization", token.as_bytes())])
-            .await
-            .unwrap()
+        http::request(
+            "GET",
+            &self.credentials_url(),
+            &[("authorization", token.as_bytes())],
+        )
+        .await
+        .unwrap()
     }
 
     /// The value of one sample in `/metrics`, e.g. `credvend_sts_errors_total{code="Throttling"}`.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let page = http::get(&self.metrics_url("/metrics")).await.ok()?.text();
         page.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|v| v.trim().parse().ok())
     }
 
     /// Requests answered with 200 so far.
     pub async fn requests_served(&self) -> f64 {
-        self.metric(r#"credvend_endpoint_requests_total{status="200"}"#).await.unwrap_or(0.0)
+        self.metric(r#"credvend_endpoint_requests_total{status="200"}"#)
+            .await
+            .unwrap_or(0.0)
     }
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -TERM failed");
         child.wait().unwrap()
     }
@@ -236,7 +255,11 @@ impl AgentProcess {
                 self.child = None;
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "agent still running; log:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent still running; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -26,7 +26,11 @@ impl Reply {
 /// Sends one request with an empty body and the given headers.
 pub async fn request(method: &str, url: &str, headers: &[(&str, &[u8])]) -> std::io::Result<Reply> {
     let uri: http::Uri = url.parse().map_err(std::io::Error::other)?;
-    let host = uri.host().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']');
+    let host = uri
+        .host()
+        .unwrap_or("127.0.0.1")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
     let stream = tokio::net::TcpStream::connect((host, port)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -38,13 +42,30 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &[u8])]) -> std:
         .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header("host", uri.authority().map(|a| a.as_str()).unwrap_or(host));
     for (k, v) in headers {
-        req = req.header(*k, http::HeaderValue::from_bytes(v).map_err(std::io::Error::other)?);
+        req = req.header(
+            *k,
+            http::HeaderValue::from_bytes(v).map_err(std::io::Error::other)?,
+        );
     }
-    let req = req.body(Empty::<Bytes>::new()).map_err(std::io::Error::other)?;
-    let resp = sender.send_request(req).await.map_err(std::io::Error::other)?;
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes().to_vec();
-    Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes()
+        .to_vec();
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// GET with no headers.

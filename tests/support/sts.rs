@@ -52,10 +52,15 @@ impl StsPeer {
             .strip_prefix("listening ")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|| {
-                let log = std::fs::read_to_string(dir.path().join("sts-peer.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(dir.path().join("sts-peer.log")).unwrap_or_default();
                 panic!("STS peer did not start: {line:?}\n{log}")
             });
-        StsPeer { child, endpoint, _dir: dir }
+        StsPeer {
+            child,
+            endpoint,
+            _dir: dir,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -65,7 +70,9 @@ impl StsPeer {
 
     /// Every STS request received so far, oldest first.
     pub async fn requests(&self) -> Vec<serde_json::Value> {
-        let reply = http::get(&format!("{}/__credvend/requests", self.endpoint)).await.expect("peer answers");
+        let reply = http::get(&format!("{}/__credvend/requests", self.endpoint))
+            .await
+            .expect("peer answers");
         serde_json::from_slice(&reply.body).expect("JSON list")
     }
 
@@ -81,7 +88,8 @@ impl StsPeer {
 
     /// Makes every STS call fail with `code` and HTTP `status` until [`recover`](Self::recover).
     pub async fn fail(&self, code: &str, status: u16) {
-        self.control(&format!("fail?code={code}&status={status}")).await;
+        self.control(&format!("fail?code={code}&status={status}"))
+            .await;
     }
 
     pub async fn recover(&self) {
@@ -94,7 +102,9 @@ impl StsPeer {
     }
 
     async fn control(&self, action: &str) {
-        let reply = http::post(&format!("{}/__credvend/{action}", self.endpoint)).await.expect("peer answers");
+        let reply = http::post(&format!("{}/__credvend/{action}", self.endpoint))
+            .await
+            .expect("peer answers");
         assert_eq!(reply.status, 200, "control {action}: {}", reply.text());
     }
 }
