@@ -8,8 +8,11 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod controller;
 pub mod crd;
 pub mod inject;
 pub mod metrics;
+pub mod operator;
 pub mod server;
 pub mod telemetry;
+pub mod webhook;

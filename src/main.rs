@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the per-pod credential agent (the injected sidecar).
     Agent(Box<credvend::agent::Args>),
+    /// Run the operator: the AWSRoleBinding controller and the mutating webhook.
+    Operator(Box<credvend::operator::OperatorArgs>),
     /// Print the AWSRoleBinding CustomResourceDefinition as YAML
     /// (`credvend crd > crds/awsrolebinding.yaml`).
     Crd,
@@ -33,6 +35,10 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => {
             credvend::telemetry::init(args.log_format);
             runtime.block_on(credvend::agent::run(*args))?;
+        }
+        Command::Operator(args) => {
+            credvend::telemetry::init(args.log_format);
+            runtime.block_on(credvend::operator::run(*args))?;
         }
         Command::Crd => print!("{}", credvend::crd::crd_yaml()?),
     }

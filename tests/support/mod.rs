@@ -6,5 +6,6 @@
 pub mod agent;
 pub mod http;
 pub mod k8s;
+pub mod manifests;
 pub mod python;
 pub mod sts;

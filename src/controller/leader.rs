@@ -1,0 +1,132 @@
+//! Leader election: of all operator replicas, only the holder of a Lease runs the controller,
+//! so two replicas never write the same status or publish the same Event. Every replica keeps
+//! its caches and serves the webhook regardless.
+//!
+//! kube-lease-manager holds the Lease with server-side apply and renews it `grace` seconds
+//! before it expires. Losing it (another replica took over after we missed renewals) stops the
+//! controller at once; shutting down releases the Lease so a follower takes over without
+//! waiting for it to expire.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::task::JoinHandle;
+
+use super::Error;
+
+/// How long a Lease is valid after its last renewal; a follower takes over at most this long
+/// after a leader vanishes without releasing it.
+pub const LEASE_DURATION_SECONDS: u64 = 15;
+/// The leader renews this long before expiry; also the clock skew tolerated between nodes.
+pub const LEASE_GRACE_SECONDS: u64 = 5;
+/// How long shutdown waits for the Lease to be released before giving up (it then expires).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `lead()` while this replica (`identity`, unique per replica, e.g. the pod name) holds
+/// the Lease `namespace/lease_name`, until `shutdown` completes.
+///
+/// `lead` is called each time leadership is gained; its future is spawned and aborted when
+/// leadership is lost or on shutdown (reconciles are idempotent, so stopping mid-way is safe).
+/// On shutdown the Lease is released. Returns an error if the Lease cannot be created, if the
+/// lease manager stops, or if the leader's future ends by itself — the operator should then
+/// exit and be restarted rather than keep running without a controller.
+pub async fn run_when_leader<F, Fut>(
+    client: Client,
+    namespace: impl Into<String>,
+    lease_name: impl Into<String>,
+    identity: impl Into<String>,
+    shutdown: impl Future<Output = ()>,
+    mut lead: F,
+) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (namespace, lease_name, identity) = (namespace.into(), lease_name.into(), identity.into());
+    let lease = format!("{namespace}/{lease_name}");
+    let manager = LeaseManagerBuilder::new(client, lease_name)
+        .with_namespace(namespace)
+        .with_identity(identity.clone())
+        .with_duration(LEASE_DURATION_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .build()
+        .await
+        .map_err(|source| Error::Lease {
+            lease: lease.clone(),
+            source,
+        })?;
+    let (mut is_leader, manager_task) = manager.watch().await;
+    tracing::info!(%lease, %identity, "waiting for leadership");
+
+    let mut leader: Option<JoinHandle<()>> = None;
+    tokio::pin!(shutdown);
+    let result = loop {
+        let leading = *is_leader.borrow_and_update();
+        match (leading, leader.is_some()) {
+            (true, false) => {
+                tracing::info!(%lease, %identity, "became leader; starting the controller");
+                leader = Some(tokio::spawn(lead()));
+            }
+            (false, true) => {
+                tracing::warn!(%lease, %identity, "lost leadership; stopping the controller");
+                stop(leader.take()).await;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            changed = is_leader.changed() => {
+                if changed.is_err() {
+                    break Err(Error::LeaseLost(lease.clone()));
+                }
+            }
+            () = finished(&mut leader) => break Err(Error::LeaderTaskEnded(lease.clone())),
+        }
+    };
+
+    stop(leader.take()).await;
+    // Dropping the last receiver makes the lease manager's task release the Lease and end.
+    drop(is_leader);
+    match tokio::time::timeout(RELEASE_TIMEOUT, manager_task).await {
+        Ok(Ok(Ok(_))) => tracing::info!(%lease, "released the Lease"),
+        Ok(Ok(Err(source))) => {
+            let error = Error::Lease {
+                lease: lease.clone(),
+                source,
+            };
+            tracing::warn!(%error, "releasing the Lease");
+            if result.is_ok() {
+                return Err(error);
+            }
+        }
+        Ok(Err(join)) => tracing::warn!(%lease, error = %join, "lease manager task failed"),
+        Err(_) => tracing::warn!(%lease, "the Lease was not released in time; it will expire"),
+    }
+    result
+}
+
+/// Aborts the leader's task and waits until it is gone, so no reconcile of ours overlaps with
+/// the next leader's.
+async fn stop(task: Option<JoinHandle<()>>) {
+    if let Some(task) = task {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// Completes when the leader's task ends by itself; pending while there is none.
+async fn finished(task: &mut Option<JoinHandle<()>>) {
+    let Some(handle) = task else {
+        return std::future::pending().await;
+    };
+    let ended = handle.await;
+    // Polling a finished JoinHandle again would panic; `stop` must not see it.
+    *task = None;
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        tracing::error!(%error, "the controller panicked");
+    }
+}

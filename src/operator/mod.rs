@@ -1,0 +1,391 @@
+//! `credvend operator`: the AWSRoleBinding controller and the mutating webhook in one process.
+//!
+//! Every replica watches bindings into an in-memory store and serves the webhook from it;
+//! only the replica holding the Lease reconciles (writes status, emits events). The webhook's
+//! TLS certificate is made and rotated in-process (or read from cert-manager's files). Flags
+//! name everything the chart configures; each also reads `CREDVEND_<FLAG>`.
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::metrics::OperatorMetrics;
+use crate::controller;
+use crate::inject::{AgentResources, InjectSettings};
+use crate::telemetry::LogFormat;
+use crate::webhook::admission::{Admission, StoreAndApi};
+use crate::webhook::tls::{self, TlsMetrics, TlsMode, TlsSettings};
+
+/// How the webhook gets its serving certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsModeArg {
+    /// Make a CA and certificate, keep them in a Secret, patch the webhook's caBundle.
+    SelfSigned,
+    /// Serve the PEM files given by --tls-cert-file/--tls-key-file (cert-manager), reloading on change.
+    Files,
+}
+
+/// Flags of `credvend operator`.
+#[derive(Args, Clone, Debug)]
+pub struct OperatorArgs {
+    /// Namespace the operator runs in (its TLS Secret and Lease live there). Default: POD_NAMESPACE.
+    #[arg(long, env = "CREDVEND_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Identity in the leader election. Default: POD_NAME, else the host name.
+    #[arg(long, env = "CREDVEND_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// HTTPS address of the webhook (POST /mutate).
+    #[arg(long, env = "CREDVEND_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub webhook_listen: SocketAddr,
+
+    /// Address of /metrics, /healthz/live and /healthz/ready.
+    #[arg(long, env = "CREDVEND_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+
+    /// MutatingWebhookConfiguration whose caBundle the self-signed TLS mode keeps current.
+    #[arg(long, env = "CREDVEND_WEBHOOK_CONFIG_NAME", default_value = "credvend")]
+    pub webhook_config_name: String,
+
+    /// Service in front of the webhook; its DNS names go into the certificate.
+    #[arg(
+        long,
+        env = "CREDVEND_WEBHOOK_SERVICE",
+        default_value = "credvend-webhook"
+    )]
+    pub webhook_service: String,
+
+    /// More certificate names or IP literals, comma-separated (e.g. 127.0.0.1 when the API
+    /// server reaches the webhook through a `url:` client config).
+    #[arg(long, env = "CREDVEND_WEBHOOK_EXTRA_SAN", value_delimiter = ',')]
+    pub webhook_extra_san: Vec<String>,
+
+    /// Where the serving certificate comes from.
+    #[arg(long, env = "CREDVEND_TLS_MODE", value_enum, default_value_t = TlsModeArg::SelfSigned)]
+    pub tls_mode: TlsModeArg,
+
+    /// Secret holding the self-signed CA and certificate.
+    #[arg(
+        long,
+        env = "CREDVEND_TLS_SECRET_NAME",
+        default_value = "credvend-webhook-tls"
+    )]
+    pub tls_secret_name: String,
+
+    /// Certificate file for --tls-mode files.
+    #[arg(
+        long,
+        env = "CREDVEND_TLS_CERT_FILE",
+        default_value = "/var/run/credvend/tls/tls.crt"
+    )]
+    pub tls_cert_file: PathBuf,
+
+    /// Private key file for --tls-mode files.
+    #[arg(
+        long,
+        env = "CREDVEND_TLS_KEY_FILE",
+        default_value = "/var/run/credvend/tls/tls.key"
+    )]
+    pub tls_key_file: PathBuf,
+
+    /// Reconcile only while holding the Lease (run several replicas safely).
+    #[arg(long, env = "CREDVEND_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the Lease used for leader election.
+    #[arg(
+        long,
+        env = "CREDVEND_LEASE_NAME",
+        default_value = "credvend-operator-leader"
+    )]
+    pub lease_name: String,
+
+    /// Image of the injected agent (the credvend image).
+    #[arg(long, env = "CREDVEND_AGENT_IMAGE", default_value = crate::inject::DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+
+    /// imagePullPolicy of the injected agent.
+    #[arg(
+        long,
+        env = "CREDVEND_AGENT_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub agent_image_pull_policy: String,
+
+    /// CPU request of the injected agent.
+    #[arg(long, env = "CREDVEND_AGENT_CPU_REQUEST", default_value = "10m")]
+    pub agent_cpu_request: String,
+
+    /// Memory request of the injected agent.
+    #[arg(long, env = "CREDVEND_AGENT_MEMORY_REQUEST", default_value = "32Mi")]
+    pub agent_memory_request: String,
+
+    /// Memory limit of the injected agent.
+    #[arg(long, env = "CREDVEND_AGENT_MEMORY_LIMIT", default_value = "64Mi")]
+    pub agent_memory_limit: String,
+
+    /// CPU limit of the injected agent; unset by default, because throttling would slow
+    /// answers that SDKs expect within one second.
+    #[arg(long, env = "CREDVEND_AGENT_CPU_LIMIT")]
+    pub agent_cpu_limit: Option<String>,
+
+    /// Lifetime of the projected service-account token (Kubernetes' minimum is 600).
+    #[arg(long, env = "CREDVEND_TOKEN_EXPIRATION_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(i64).range(600..=86400))]
+    pub token_expiration_seconds: i64,
+
+    /// Region for agents whose binding names none.
+    #[arg(long, env = "CREDVEND_DEFAULT_REGION")]
+    pub default_region: Option<String>,
+
+    /// STS endpoint for agents whose binding names none.
+    #[arg(long, env = "CREDVEND_DEFAULT_STS_ENDPOINT")]
+    pub default_sts_endpoint: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "CREDVEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl OperatorArgs {
+    /// What every injected agent gets, from the flags.
+    pub fn inject_settings(&self) -> InjectSettings {
+        let nonempty = |s: &Option<String>| s.clone().filter(|v| !v.is_empty());
+        InjectSettings {
+            agent_image: self.agent_image.clone(),
+            image_pull_policy: Some(self.agent_image_pull_policy.clone()).filter(|p| !p.is_empty()),
+            resources: AgentResources {
+                cpu_request: Some(self.agent_cpu_request.clone()).filter(|v| !v.is_empty()),
+                memory_request: Some(self.agent_memory_request.clone()).filter(|v| !v.is_empty()),
+                cpu_limit: nonempty(&self.agent_cpu_limit),
+                memory_limit: Some(self.agent_memory_limit.clone()).filter(|v| !v.is_empty()),
+            },
+            token_expiration_seconds: self.token_expiration_seconds,
+            default_region: nonempty(&self.default_region),
+            default_sts_endpoint: nonempty(&self.default_sts_endpoint),
+            ..InjectSettings::default()
+        }
+    }
+}
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error(
+        "no namespace: set --namespace or POD_NAMESPACE (the chart sets it from the downward API)"
+    )]
+    NoNamespace,
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot install the signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or(OperatorError::NoNamespace)?;
+    let identity = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "credvend-operator".to_owned());
+    let metrics = OperatorMetrics::new()?;
+    let tls_metrics = TlsMetrics::register(&metrics.registry)?;
+    let client = kube::Client::try_default().await?;
+    let webhook_listener = bind(args.webhook_listen, "webhook").await?;
+    let metrics_listener = bind(args.metrics_listen, "metrics").await?;
+
+    let (stores, reflectors) = controller::start_reflectors(client.clone());
+    let mode = match args.tls_mode {
+        TlsModeArg::SelfSigned => TlsMode::SelfManaged,
+        TlsModeArg::Files => TlsMode::Files {
+            cert: args.tls_cert_file.clone(),
+            key: args.tls_key_file.clone(),
+        },
+    };
+    let tls_settings = TlsSettings {
+        namespace: namespace.clone(),
+        service_name: args.webhook_service.clone(),
+        secret_name: args.tls_secret_name.clone(),
+        webhook_config_name: args.webhook_config_name.clone(),
+        extra_sans: args.webhook_extra_san.clone(),
+        check_interval: tls::DEFAULT_CHECK_INTERVAL,
+        file_poll_interval: tls::DEFAULT_FILE_POLL_INTERVAL,
+    };
+    let (resolver, tls_task) = tls::start(client.clone(), mode, tls_settings, tls_metrics).await?;
+    let server_config = Arc::new(tls::server_config(resolver)?);
+    tracing::info!(
+        namespace,
+        identity,
+        webhook = %args.webhook_listen,
+        metrics = %args.metrics_listen,
+        leader_election = args.leader_election,
+        "credvend operator starting"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admission = Arc::new(Admission {
+        bindings: StoreAndApi {
+            store: stores.bindings.clone(),
+            client: client.clone(),
+        },
+        settings: args.inject_settings(),
+        metrics: metrics.clone(),
+    });
+    let webhook = tokio::spawn(crate::webhook::serve(
+        webhook_listener,
+        server_config,
+        admission,
+        stopped(stop_rx.clone()),
+    ));
+    let synced = Arc::new(AtomicBool::new(false));
+    {
+        let (bindings, synced) = (stores.bindings.clone(), synced.clone());
+        tokio::spawn(async move {
+            if bindings.wait_until_ready().await.is_ok() {
+                synced.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let health = tokio::spawn(serve_health(
+        metrics_listener,
+        stores.clone(),
+        synced,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let reconciler = {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        let stores = stores.clone();
+        let shutdown = stopped(stop_rx.clone());
+        if args.leader_election {
+            let (namespace, lease) = (namespace.clone(), args.lease_name.clone());
+            let leader_client = client.clone();
+            let lead = move || {
+                controller::run(
+                    leader_client.clone(),
+                    metrics.clone(),
+                    stores.clone(),
+                    std::future::pending(),
+                )
+            };
+            tokio::spawn(async move {
+                if let Err(err) = controller::run_when_leader(
+                    client, &namespace, &lease, &identity, shutdown, lead,
+                )
+                .await
+                {
+                    tracing::error!(error = %err, "leader election failed; this replica no longer reconciles");
+                }
+            })
+        } else {
+            tokio::spawn(controller::run(client, metrics, stores, shutdown))
+        }
+    };
+
+    wait_for_signal().await.map_err(OperatorError::Signal)?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for task in [webhook, health, reconciler] {
+        if let Err(err) = task.await {
+            tracing::warn!(error = %err, "a task ended abnormally during shutdown");
+        }
+    }
+    tls_task.abort();
+    reflectors.abort();
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, OperatorError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| OperatorError::Bind { addr, what, source })
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// `/metrics`, `/healthz/live`, and `/healthz/ready` (ready once the bindings cache has its
+/// first full list, so the webhook does not decide from an empty store).
+async fn serve_health(
+    listener: TcpListener,
+    stores: controller::Stores,
+    synced: Arc<AtomicBool>,
+    metrics: OperatorMetrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let service = move |req: http::Request<hyper::body::Incoming>| {
+        let resp = match req.uri().path() {
+            "/metrics" => {
+                controller::record_binding_metrics(&stores.bindings, &metrics);
+                let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
+                    &metrics.registry,
+                ))));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(crate::metrics::TEXT_CONTENT_TYPE),
+                );
+                resp
+            }
+            "/healthz/live" => plain(StatusCode::OK, "ok"),
+            "/healthz/ready" if synced.load(Ordering::Relaxed) => plain(StatusCode::OK, "ready"),
+            "/healthz/ready" => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: bindings cache not synced yet",
+            ),
+            _ => plain(StatusCode::NOT_FOUND, "not found"),
+        };
+        std::future::ready(resp)
+    };
+    crate::server::serve(listener, None, service, shutdown).await;
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}

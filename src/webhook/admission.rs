@@ -1,0 +1,441 @@
+//! AdmissionReview in, AdmissionReview out: the webhook's decision around [`inject::decide`].
+//!
+//! The bindings come from the operator's in-memory store; only when the decision is "no such
+//! binding" does the webhook list the namespace's bindings on the API server once and decide
+//! again, because a binding applied a moment before its pods may not have reached the store
+//! yet (the race users of other injectors hit most). A review that cannot be read gets a clear
+//! error instead of a panic; a pod that cannot be decoded is denied with the reason, so nothing
+//! is ever half-injected.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
+
+use crate::crd::AWSRoleBinding;
+use crate::inject::{self, Candidates, Decision, InjectSettings};
+use crate::operator::metrics::OperatorMetrics;
+
+/// A request body that is not an AdmissionReview we can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
+    Malformed(serde_json::Error),
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("cannot encode the AdmissionReview response: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// How an admission ended, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `injected`, `skipped`, `denied` or `error`.
+    pub result: &'static str,
+    /// A stable reason label.
+    pub reason: &'static str,
+}
+
+/// Where the webhook finds bindings.
+pub trait BindingSource: Send + Sync {
+    /// The bindings of `namespace` the operator already knows.
+    fn cached(&self, namespace: &str) -> Vec<Arc<AWSRoleBinding>>;
+    /// The bindings of `namespace` as the API server has them now.
+    fn live(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<AWSRoleBinding>, kube::Error>> + Send;
+}
+
+/// Bindings from the reflector store, with a live list on a miss.
+pub struct StoreAndApi {
+    pub store: Store<AWSRoleBinding>,
+    pub client: Client,
+}
+
+impl BindingSource for StoreAndApi {
+    fn cached(&self, namespace: &str) -> Vec<Arc<AWSRoleBinding>> {
+        self.store
+            .state()
+            .into_iter()
+            .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
+            .collect()
+    }
+
+    async fn live(&self, namespace: &str) -> Result<Vec<AWSRoleBinding>, kube::Error> {
+        let api: Api<AWSRoleBinding> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.list(&Default::default()).await?.items)
+    }
+}
+
+/// The webhook's request handler.
+pub struct Admission<B> {
+    pub bindings: B,
+    pub settings: InjectSettings,
+    pub metrics: OperatorMetrics,
+}
+
+impl<B: BindingSource> Admission<B> {
+    /// Answers one AdmissionReview body with the encoded response review.
+    pub async fn review(&self, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
+        let started = Instant::now();
+        let result = self.review_inner(body).await;
+        let outcome = match &result {
+            Ok((_, outcome)) => outcome.clone(),
+            Err(_) => Outcome {
+                result: "error",
+                reason: "malformed_review",
+            },
+        };
+        self.metrics
+            .admissions
+            .with_label_values(&[outcome.result, outcome.reason])
+            .inc();
+        self.metrics
+            .admission_duration
+            .with_label_values(&[outcome.result])
+            .observe(started.elapsed().as_secs_f64());
+        let (response, _) = result?;
+        serde_json::to_vec(&response.into_review()).map_err(ReviewError::Encode)
+    }
+
+    async fn review_inner(&self, body: &[u8]) -> Result<(AdmissionResponse, Outcome), ReviewError> {
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+        let req: AdmissionRequest<DynamicObject> =
+            review.try_into().map_err(|_| ReviewError::NoRequest)?;
+        Ok(self.admit(&req).await)
+    }
+
+    async fn admit(&self, req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Outcome) {
+        let allow = AdmissionResponse::from(req);
+        if req.kind.kind != "Pod" || req.operation != Operation::Create {
+            return (allow, outcome("skipped", "not_a_pod_create"));
+        }
+        let pod = match decode_pod(req) {
+            Ok(pod) => pod,
+            Err(why) => {
+                tracing::warn!(uid = %req.uid, error = %why, "cannot decode the pod under admission");
+                let msg = format!("credvend cannot read this pod: {why}");
+                return (allow.deny(msg), outcome("error", "undecodable_pod"));
+            }
+        };
+        let namespace = req
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+            .unwrap_or_default();
+        let decision = match self.decide(&pod, &namespace).await {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(namespace, error = %err, "cannot list AWSRoleBindings");
+                let msg = format!(
+                    "credvend cannot look up the AWSRoleBindings of namespace {namespace}: {err}; retry, or check the operator's RBAC"
+                );
+                return (allow.deny(msg), outcome("error", "binding_lookup_failed"));
+            }
+        };
+        let pod_name = pod
+            .metadata
+            .name
+            .clone()
+            .or_else(|| pod.metadata.generate_name.clone())
+            .unwrap_or_default();
+        respond(allow, decision, &namespace, &pod_name)
+    }
+
+    /// Decides from the store; on "no such binding", once more from the API server.
+    async fn decide(&self, pod: &Pod, namespace: &str) -> Result<Decision, kube::Error> {
+        let cached = self.bindings.cached(namespace);
+        let refs: Vec<&AWSRoleBinding> = cached.iter().map(Arc::as_ref).collect();
+        let first = inject::decide(
+            pod,
+            &Candidates {
+                namespace,
+                bindings: &refs,
+            },
+            &self.settings,
+        );
+        match &first {
+            Decision::Deny { reason } if reason.binding_missing() => {
+                let live = self.bindings.live(namespace).await?;
+                let refs: Vec<&AWSRoleBinding> = live.iter().collect();
+                Ok(inject::decide(
+                    pod,
+                    &Candidates {
+                        namespace,
+                        bindings: &refs,
+                    },
+                    &self.settings,
+                ))
+            }
+            _ => Ok(first),
+        }
+    }
+}
+
+fn outcome(result: &'static str, reason: &'static str) -> Outcome {
+    Outcome { result, reason }
+}
+
+/// The pod under admission, typed. The review is parsed loosely first so that a pod our
+/// types cannot read still gets an answer carrying the request's uid.
+fn decode_pod(req: &AdmissionRequest<DynamicObject>) -> Result<Pod, String> {
+    let object = req.object.as_ref().ok_or("the request has no object")?;
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Turns a decision into the response, logging it once.
+fn respond(
+    allow: AdmissionResponse,
+    decision: Decision,
+    namespace: &str,
+    pod: &str,
+) -> (AdmissionResponse, Outcome) {
+    match decision {
+        Decision::Skip { reason } => (allow, outcome("skipped", reason.metric_label())),
+        Decision::Deny { reason } => {
+            tracing::info!(namespace, pod, reason = reason.metric_label(), message = %reason, "pod denied");
+            (
+                allow.deny(reason.to_string()),
+                outcome("denied", reason.metric_label()),
+            )
+        }
+        Decision::Inject {
+            patch,
+            warnings,
+            binding,
+        } => match allow.clone().with_patch(patch) {
+            Ok(mut resp) => {
+                tracing::info!(
+                    namespace,
+                    pod,
+                    binding,
+                    warnings = warnings.len(),
+                    "agent injected"
+                );
+                if !warnings.is_empty() {
+                    resp.warnings = Some(warnings);
+                }
+                (resp, outcome("injected", "injected"))
+            }
+            Err(err) => {
+                let msg = format!("credvend cannot encode its patch: {err}");
+                (allow.deny(msg), outcome("error", "patch_encoding"))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::crd::AWSRoleBindingSpec;
+
+    /// Bindings in memory; `live` returns `live_bindings` and counts calls.
+    struct Fixed {
+        cached: Vec<Arc<AWSRoleBinding>>,
+        live_bindings: Vec<AWSRoleBinding>,
+        live_calls: Mutex<u32>,
+    }
+
+    impl BindingSource for Fixed {
+        fn cached(&self, namespace: &str) -> Vec<Arc<AWSRoleBinding>> {
+            self.cached
+                .iter()
+                .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
+                .cloned()
+                .collect()
+        }
+        async fn live(&self, _namespace: &str) -> Result<Vec<AWSRoleBinding>, kube::Error> {
+            *self.live_calls.lock().unwrap() += 1;
+            Ok(self.live_bindings.clone())
+        }
+    }
+
+    fn binding(name: &str, sa: &str) -> AWSRoleBinding {
+        let spec: AWSRoleBindingSpec = serde_json::from_value(serde_json::json!({
+            "serviceAccountName": sa,
+            "roleArn": "arn:aws:iam::111122223333:role/s3-reader",
+        }))
+        .unwrap();
+        let mut b = AWSRoleBinding::new(name, spec);
+        b.metadata.namespace = Some("team-a".into());
+        b.metadata.generation = Some(1);
+        b
+    }
+
+    fn admission(cached: Vec<AWSRoleBinding>, live: Vec<AWSRoleBinding>) -> Admission<Fixed> {
+        Admission {
+            bindings: Fixed {
+                cached: cached.into_iter().map(Arc::new).collect(),
+                live_bindings: live,
+                live_calls: Mutex::new(0),
+            },
+            settings: InjectSettings::default(),
+            metrics: OperatorMetrics::new().unwrap(),
+        }
+    }
+
+    fn review(pod: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a",
+                "operation": "CREATE",
+                "userInfo": {"username": "dev"},
+                "object": pod,
+                "dryRun": false
+            }
+        }))
+        .unwrap()
+    }
+
+    fn pod(annotations: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "team-a", "annotations": annotations},
+            "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app:1"}]}
+        })
+    }
+
+    async fn answer(a: &Admission<Fixed>, body: &[u8]) -> serde_json::Value {
+        let out = a.review(body).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        v["response"].clone()
+    }
+
+    fn count(a: &Admission<Fixed>, result: &str, reason: &str) -> u64 {
+        a.metrics
+            .admissions
+            .with_label_values(&[result, reason])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn injects_an_annotated_pod_from_the_store_without_a_live_lookup() {
+        let a = admission(vec![binding("s3", "app")], vec![]);
+        let resp = answer(
+            &a,
+            &review(pod(serde_json::json!({"credvend.io/inject": "true"}))),
+        )
+        .await;
+        assert_eq!(resp["allowed"], true);
+        assert_eq!(resp["patchType"], "JSONPatch");
+        // kube encodes the patch bytes as a JSON array of numbers, which the API server's
+        // decoder accepts for a []byte field.
+        let bytes: Vec<u8> = serde_json::from_value(resp["patch"].clone()).unwrap();
+        let ops: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+        assert!(
+            !ops.is_empty() && ops.iter().all(|op| op["op"] == "add"),
+            "{ops:?}"
+        );
+        assert_eq!(*a.bindings.live_calls.lock().unwrap(), 0);
+        assert_eq!(count(&a, "injected", "injected"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_binding_missing_from_the_store_is_looked_up_once_on_the_api_server() {
+        let a = admission(vec![], vec![binding("s3", "app")]);
+        let resp = answer(
+            &a,
+            &review(pod(serde_json::json!({"credvend.io/inject": "true"}))),
+        )
+        .await;
+        assert_eq!(resp["allowed"], true, "{resp}");
+        assert_eq!(*a.bindings.live_calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn denies_with_the_fix_when_no_binding_exists_anywhere() {
+        let a = admission(vec![], vec![]);
+        let resp = answer(
+            &a,
+            &review(pod(serde_json::json!({"credvend.io/binding": "nope"}))),
+        )
+        .await;
+        assert_eq!(resp["allowed"], false);
+        let msg = resp["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("nope") && msg.contains("team-a"), "{msg}");
+        assert_eq!(*a.bindings.live_calls.lock().unwrap(), 1);
+        assert_eq!(count(&a, "denied", "unknown_binding"), 1);
+    }
+
+    #[tokio::test]
+    async fn unannotated_pods_and_other_operations_pass_untouched() {
+        let a = admission(vec![binding("s3", "app")], vec![]);
+        let resp = answer(&a, &review(pod(serde_json::json!({})))).await;
+        assert_eq!(resp["allowed"], true);
+        assert!(resp.get("patch").is_none());
+        let mut update: serde_json::Value = serde_json::from_slice(&review(pod(
+            serde_json::json!({"credvend.io/inject": "true"}),
+        )))
+        .unwrap();
+        update["request"]["operation"] = "UPDATE".into();
+        let resp = answer(&a, &serde_json::to_vec(&update).unwrap()).await;
+        assert!(resp.get("patch").is_none());
+        assert_eq!(count(&a, "skipped", "not_a_pod_create"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pod_our_types_cannot_read_is_denied_not_half_injected() {
+        let a = admission(vec![binding("s3", "app")], vec![]);
+        let mut bad = pod(serde_json::json!({"credvend.io/inject": "true"}));
+        bad["spec"]["containers"] = serde_json::json!("not a list");
+        let resp = answer(&a, &review(bad)).await;
+        assert_eq!(resp["allowed"], false);
+        assert!(resp.get("patch").is_none());
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot read this pod")
+        );
+        assert_eq!(count(&a, "error", "undecodable_pod"), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_reviews_get_an_error_not_a_panic() {
+        let a = admission(vec![], vec![]);
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+        ] {
+            let err = a.review(body).await.unwrap_err();
+            assert!(!err.to_string().is_empty());
+        }
+        assert_eq!(count(&a, "error", "malformed_review"), 3);
+    }
+
+    #[tokio::test]
+    async fn warnings_reach_the_response() {
+        let a = admission(vec![binding("s3", "app")], vec![]);
+        let mut p = pod(serde_json::json!({"credvend.io/inject": "true"}));
+        p["spec"]["containers"][0]["env"] =
+            serde_json::json!([{"name": "AWS_PROFILE", "value": "dev"}]);
+        let resp = answer(&a, &review(p)).await;
+        assert_eq!(resp["allowed"], true);
+        let warnings = resp["warnings"].as_array().unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("AWS_PROFILE")),
+            "{warnings:?}"
+        );
+    }
+}
