@@ -8,6 +8,10 @@ SHELL := bash
 PYTHON = $(shell scripts/venv.sh)
 # Two lines: kube-apiserver, then etcd (see scripts/k8s-bins.sh).
 K8S_BINS = $(shell scripts/k8s-bins.sh)
+# The helm CLI the chart tests lint and render with (see scripts/helm-bin.sh).
+HELM = $(shell scripts/helm-bin.sh)
+# CREDVEND_SDK_*=path words for the SDK conformance clients (the Rust one is a cargo example).
+SDK_ENV = $(shell scripts/sdk-clients.sh --no-rust)
 
 .PHONY: help
 help:
@@ -22,6 +26,19 @@ venv:
 k8s-bins:
 	@scripts/k8s-bins.sh >/dev/null
 
+.PHONY: helm-bin
+helm-bin:
+	@scripts/helm-bin.sh >/dev/null
+
+.PHONY: sdks
+sdks:
+	scripts/sdk-clients.sh
+
+# Runs the SDK conformance suite and regenerates the README's compatibility section from it.
+.PHONY: sdk-matrix
+sdk-matrix:
+	scripts/sdk-matrix.sh
+
 .PHONY: lint
 lint:
 	cargo fmt --all -- --check
@@ -32,8 +49,16 @@ lint:
 test: lint k8s-bins
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
-	cargo test --locked --all-targets
+	CREDVEND_HELM="$(HELM)" \
+	$(SDK_ENV) cargo test --locked --all-targets
 
 .PHONY: demo
-demo:
+demo: k8s-bins helm-bin
+	CREDVEND_PYTHON="$(PYTHON)" \
+	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
+	CREDVEND_HELM="$(HELM)" cargo test --locked --test demo
+
+# The agent alone: moto, the agent with a token file, and boto3 (no Kubernetes).
+.PHONY: demo-agent
+demo-agent:
 	CREDVEND_PYTHON="$(PYTHON)" scripts/demo.sh

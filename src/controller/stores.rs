@@ -290,8 +290,17 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_millis(50), requests.next()).await;
         assert!(early.is_err(), "nothing before the pod cache is ready");
         list(&mut pods, &[]);
-        assert_eq!(next_batch(&mut requests, 2).await, ["AWSRoleBinding.v1alpha1.credvend.io/x.a", "AWSRoleBinding.v1alpha1.credvend.io/y.b"]);
-        assert_eq!(next_batch(&mut requests, 1).await, ["AWSRoleBinding.v1alpha1.credvend.io/x.a"]);
+        assert_eq!(
+            next_batch(&mut requests, 2).await,
+            [
+                "AWSRoleBinding.v1alpha1.credvend.io/x.a",
+                "AWSRoleBinding.v1alpha1.credvend.io/y.b"
+            ]
+        );
+        assert_eq!(
+            next_batch(&mut requests, 1).await,
+            ["AWSRoleBinding.v1alpha1.credvend.io/x.a"]
+        );
     }
 
     #[tokio::test]
@@ -307,6 +316,12 @@ mod tests {
         stores.changes.send(key("b", "y")).unwrap();
         // The oldest notices were dropped: every binding once, then what was kept.
         let all = next_batch(&mut requests, 2).await;
-        assert_eq!(all, ["AWSRoleBinding.v1alpha1.credvend.io/x.a", "AWSRoleBinding.v1alpha1.credvend.io/y.b"]);
+        assert_eq!(
+            all,
+            [
+                "AWSRoleBinding.v1alpha1.credvend.io/x.a",
+                "AWSRoleBinding.v1alpha1.credvend.io/y.b"
+            ]
+        );
     }
 }

@@ -7,5 +7,6 @@ pub mod agent;
 pub mod http;
 pub mod k8s;
 pub mod manifests;
+pub mod operator;
 pub mod python;
 pub mod sts;

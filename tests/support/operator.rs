@@ -1,0 +1,391 @@
+//! The operator as the end-to-end tests and the demo run it: the chart rendered and applied to
+//! the real API server, the operator started with the Deployment's own args and the chart's
+//! service-account identity, and the kubelet's part for an injected pod (projected token,
+//! downward API, the agent started exactly as the pod spec says).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+
+use credvend::crd::AWSRoleBinding;
+
+use super::agent::free_port;
+use super::http::{self, eventually};
+use super::k8s::{self, ControlPlane};
+use super::manifests::{apply_all, documents, render_chart};
+use super::python::python;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+pub const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/s3-reader";
+
+/// A process killed on drop, with its output in a file.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls a readiness URL until 200, failing with the process's log.
+pub async fn wait_ready(url: &str, proc: &Proc) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if http::get(url).await.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} not ready after {WAIT:?}; log:\n{}", proc.log());
+}
+
+/// A kubeconfig that authenticates as a service account, so the operator runs with exactly the
+/// chart's RBAC rather than as cluster admin.
+pub fn service_account_kubeconfig(cp: &ControlPlane, token: &str, dir: &Path) -> PathBuf {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(cp.ca_pem());
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: operator}}\ncurrent-context: test\n",
+        cp.url()
+    );
+    let path = dir.join("operator.kubeconfig");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+pub struct Installed {
+    /// The MutatingWebhookConfiguration's name.
+    pub webhook_config: String,
+    pub metrics_port: u16,
+    pub operator: Proc,
+}
+
+/// Renders the chart in url mode, applies every object, and runs the operator with the
+/// Deployment's own args (listen addresses moved to loopback) and the chart's service account
+/// identity, so the chart's flags and RBAC are what is tested.
+pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installed {
+    let release = k8s::unique_name("rel");
+    let release_ns = k8s::unique_name("credvend-system");
+    k8s::create_namespace(client, &release_ns).await.unwrap();
+    let webhook_port = free_port();
+    let metrics_port = free_port();
+    let url = format!("https://127.0.0.1:{webhook_port}/mutate");
+    let rendered = render_chart(&release, &release_ns, &[("webhook.url", &url)]).unwrap();
+    let objects = documents(&rendered).unwrap();
+    apply_all(client, &objects, true)
+        .await
+        .expect("dry-run apply of the chart");
+    apply_all(client, &objects, false)
+        .await
+        .expect("apply of the chart");
+
+    let deployment = objects
+        .iter()
+        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "Deployment"))
+        .expect("the chart renders a Deployment");
+    let pod_spec = &deployment.data["spec"]["template"]["spec"];
+    let service_account = pod_spec["serviceAccountName"].as_str().unwrap().to_owned();
+    let chart_args: Vec<String> =
+        serde_json::from_value(pod_spec["containers"][0]["args"].clone()).unwrap();
+    let mut args: Vec<String> = chart_args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some(("--webhook-listen", _)) => format!("--webhook-listen=127.0.0.1:{webhook_port}"),
+            Some(("--metrics-listen", _)) => format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+            // What the kubelet does with $(POD_NAMESPACE) from the downward API.
+            _ => a.replace("$(POD_NAMESPACE)", &release_ns),
+        })
+        .collect();
+    args.push("--webhook-extra-san=127.0.0.1".into());
+    args.push("--pod-name=operator-0".into());
+    args.push("--agent-image=credvend:test".into());
+    args.retain(|a| !a.starts_with("--agent-image=") || a == "--agent-image=credvend:test");
+    let webhook_config = chart_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--webhook-config-name="))
+        .expect("the chart passes --webhook-config-name")
+        .to_owned();
+
+    let token = k8s::request_token(
+        client,
+        &release_ns,
+        &service_account,
+        cp.issuer(),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let kubeconfig = service_account_kubeconfig(cp, &token, dir);
+    let operator = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_credvend"))
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info"),
+        dir.join("operator.log"),
+    );
+    let installed = Installed {
+        webhook_config,
+        metrics_port,
+        operator,
+    };
+    wait_ready(
+        &format!("http://127.0.0.1:{metrics_port}/healthz/ready"),
+        &installed.operator,
+    )
+    .await;
+    // Self-signed TLS mode: the operator put its CA into the webhook configuration.
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let name = installed.webhook_config.clone();
+    eventually("the caBundle patch", WAIT, || {
+        let (mwcs, name) = (mwcs.clone(), name.clone());
+        async move {
+            let mwc = mwcs.get(&name).await.ok()?;
+            let hooks = mwc.webhooks.unwrap_or_default();
+            hooks
+                .iter()
+                .all(|h| {
+                    h.client_config
+                        .ca_bundle
+                        .as_ref()
+                        .is_some_and(|b| !b.0.is_empty())
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    installed
+}
+
+pub fn binding_yaml(name: &str, ns: &str, sa: &str, sts: &str) -> AWSRoleBinding {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "credvend.io/v1alpha1",
+        "kind": "AWSRoleBinding",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "serviceAccountName": sa,
+            "roleArn": ROLE_ARN,
+            "region": "us-east-1",
+            "stsEndpoint": sts,
+        }
+    }))
+    .unwrap()
+}
+
+pub fn pod(
+    name: &str,
+    sa: &str,
+    annotations: serde_json::Value,
+    extra_spec: serde_json::Value,
+) -> Pod {
+    let mut spec = serde_json::json!({
+        "serviceAccountName": sa,
+        "containers": [{"name": "app", "image": "app:1", "env": [{"name": "AWS_REGION", "value": "us-east-1"}]}],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// Creates `pod`, retrying dry-runs until the webhook is in effect (the API server picks up
+/// new webhook configurations asynchronously), then for real.
+pub async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Pod {
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the webhook to take effect", WAIT, || async {
+        let p = pods.create(&dry, pod).await.ok()?;
+        p.annotations()
+            .contains_key("credvend.io/status")
+            .then_some(())
+    })
+    .await;
+    pods.create(&PostParams::default(), pod).await.unwrap()
+}
+
+pub async fn denial(pods: &Api<Pod>, pod: &Pod) -> String {
+    match pods.create(&PostParams::default(), pod).await {
+        Ok(p) => panic!("pod {} was admitted: {:?}", p.name_any(), p.spec),
+        Err(kube::Error::Api(status)) => status.message,
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+pub fn agent_container(pod: &Pod) -> Container {
+    let spec = pod.spec.as_ref().unwrap();
+    let init = spec.init_containers.as_ref().expect("init containers");
+    assert_eq!(init[0].name, "credvend-agent", "the agent runs first");
+    init[0].clone()
+}
+
+pub fn env_of(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
+        .collect()
+}
+
+/// An injected pod's agent running as a process, as the kubelet would run it.
+pub struct RunningAgent {
+    pub proc: Proc,
+    /// The projected token written for it (what STS should receive).
+    pub token: String,
+    /// Port of its metrics server (moved to a free loopback port).
+    pub metrics_port: u16,
+    /// Where the pod's file system paths live on this machine.
+    pub root: PathBuf,
+}
+
+impl RunningAgent {
+    /// A pod path mapped into the temp dir.
+    pub fn map_path(&self, pod_path: &str) -> PathBuf {
+        self.root.join(pod_path.trim_start_matches('/'))
+    }
+
+    /// The app container's command: `python -c CODE` with the container's env (the token
+    /// file path mapped), the STS endpoint of the test, and nothing else.
+    pub fn app_command(&self, app: &Container, sts_endpoint: &str, code: &str) -> Command {
+        let mut cmd = Command::new(python());
+        cmd.args(["-c", code])
+            .env_clear()
+            .env("AWS_ENDPOINT_URL_STS", sts_endpoint)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_DEFAULT_REGION", "us-east-1");
+        for (k, v) in env_of(app) {
+            let v = if k == "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" {
+                self.map_path(&v).display().to_string()
+            } else {
+                v
+            };
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+/// Does the kubelet's part for `stored` (an injected pod of `namespace`): asks TokenRequest for
+/// the projected token with the volume's audience and expiry, writes it where the agent's
+/// flags say (paths mapped under `dir`), fills the downward-API env, and starts
+/// `credvend agent` with the injected args; returns once the agent is ready.
+pub async fn run_injected_agent(
+    client: &Client,
+    stored: &Pod,
+    namespace: &str,
+    dir: &Path,
+) -> RunningAgent {
+    let spec = stored.spec.as_ref().expect("pod spec");
+    let agent = agent_container(stored);
+    let sat = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "credvend-token")
+        .and_then(|v| v.projected.clone())
+        .and_then(|p| p.sources)
+        .and_then(|s| s.into_iter().find_map(|s| s.service_account_token))
+        .expect("a projected service-account token volume");
+    let service_account = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let audience = sat.audience.clone().unwrap_or_default();
+    let expiry = Duration::from_secs(sat.expiration_seconds.unwrap_or(3600).unsigned_abs());
+    let token = k8s::request_token(client, namespace, &service_account, &audience, expiry)
+        .await
+        .unwrap();
+    let metrics_port = free_port();
+    let root = dir.join("pod");
+    let map_path = |p: &str| root.join(p.trim_start_matches('/'));
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "credvend-token")
+        .expect("the agent mounts the token volume");
+    let token_file = map_path(&format!("{}/{}", mount.mount_path, sat.path));
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, &token).unwrap();
+
+    // The injected args, with file paths mapped into the temp dir and the metrics port moved
+    // to a free loopback port; every other flag passes through unchanged.
+    let mut args = Vec::new();
+    let injected = agent.args.clone().unwrap_or_default();
+    let mut it = injected.iter();
+    while let Some(flag) = it.next() {
+        args.push(flag.clone());
+        if matches!(flag.as_str(), "--token-file" | "--auth-token-file") {
+            args.push(map_path(it.next().unwrap()).display().to_string());
+        } else if flag == "--metrics-listen" {
+            it.next();
+            args.push(format!("127.0.0.1:{metrics_port}"));
+        }
+    }
+    let mut env = BTreeMap::new();
+    for e in agent.env.iter().flatten() {
+        let field = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        let value = match field {
+            Some("metadata.name") => stored.name_any(),
+            Some("metadata.namespace") => namespace.to_owned(),
+            Some(other) => panic!("downward API field {other} is not simulated"),
+            None => e.value.clone().unwrap_or_default(),
+        };
+        env.insert(e.name.clone(), value);
+    }
+    let proc = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_credvend"))
+            .args(&args)
+            .envs(&env)
+            .env_remove("AWS_REGION"),
+        dir.join("agent.log"),
+    );
+    wait_ready(
+        &format!("http://127.0.0.1:{metrics_port}/healthz/ready"),
+        &proc,
+    )
+    .await;
+    RunningAgent {
+        proc,
+        token,
+        metrics_port,
+        root,
+    }
+}
