@@ -27,7 +27,7 @@ PY="${CREDVEND_PYTHON:-$(scripts/venv.sh)}"
 
 step "Building credvend"
 cargo build --quiet --locked --bin credvend
-bin=target/debug/credvend
+bin="${CARGO_TARGET_DIR:-target}/debug/credvend"
 
 step "Starting STS (moto) on 127.0.0.1"
 "$PY" tests/python/sts_peer.py >"$work/sts.out" 2>"$work/sts.log" &

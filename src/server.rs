@@ -123,3 +123,65 @@ async fn connection<S, Fut>(
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }
+
+/// A listener that could not be opened, named for the user ("metrics", "webhook", …).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    pub what: &'static str,
+    pub source: std::io::Error,
+}
+
+/// Binds `addr`; `what` names the listener in the error.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, what, source })
+}
+
+/// Resolves once `rx` holds `true` (or its sender is gone): the shutdown signal every server
+/// and background task of a process waits on.
+pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or SIGINT (Ctrl-C).
+pub async fn termination_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// A short plain-text response (health endpoints, 404s).
+pub fn plain(status: http::StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The Prometheus page for `registry`.
+pub fn metrics_page(registry: &prometheus::Registry) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(registry))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::header::HeaderValue::from_static(crate::metrics::TEXT_CONTENT_TYPE),
+    );
+    resp
+}

@@ -51,12 +51,8 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     AuthToken(#[from] auth::AuthTokenError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::server::BindError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot install the signal handler: {0}")]
@@ -134,8 +130,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let (auth, reused) = auth::load_or_create(&cfg.auth_token_file)?;
     let metrics = AgentMetrics::new()?;
     let cache = Arc::new(CredentialCache::default());
-    let creds_listener = bind(cfg.listen, "credentials endpoint").await?;
-    let metrics_listener = bind(cfg.metrics_listen, "metrics").await?;
+    let creds_listener = crate::server::bind(cfg.listen, "credentials endpoint").await?;
+    let metrics_listener = crate::server::bind(cfg.metrics_listen, "metrics").await?;
     tracing::info!(
         role_arn = %cfg.exchange.role_arn,
         session_name = %cfg.exchange.session_name,
@@ -165,15 +161,17 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let creds_server = tokio::spawn(serve_sync(
         creds_listener,
         credentials_handler(auth, cache.clone(), metrics.clone()),
-        stopped(stop_rx.clone()),
+        crate::server::stopped(stop_rx.clone()),
     ));
     let health_server = tokio::spawn(serve_sync(
         metrics_listener,
         health_handler(cache, metrics),
-        stopped(stop_rx),
+        crate::server::stopped(stop_rx),
     ));
 
-    wait_for_signal().await.map_err(AgentError::Signal)?;
+    crate::server::termination_signal()
+        .await
+        .map_err(AgentError::Signal)?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for task in [refresher, creds_server, health_server] {
@@ -195,31 +193,6 @@ async fn serve_sync(listener: TcpListener, handler: Handler, shutdown: impl Futu
         std::future::ready(resp)
     };
     crate::server::serve(listener, None, service, shutdown).await;
-}
-
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind { addr, what, source })
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 fn credentials_handler(
@@ -257,26 +230,16 @@ fn health_handler(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler
             );
             resp
         }
-        "/healthz/live" => plain(StatusCode::OK, "ok"),
+        "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
         "/healthz/ready" => match cache.valid_at(SystemTime::now()) {
-            Some(_) => plain(StatusCode::OK, "ready"),
-            None => plain(
+            Some(_) => crate::server::plain(StatusCode::OK, "ready"),
+            None => crate::server::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no valid credentials cached",
             ),
         },
-        _ => plain(StatusCode::NOT_FOUND, "not found"),
+        _ => crate::server::plain(StatusCode::NOT_FOUND, "not found"),
     })
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 #[cfg(test)]

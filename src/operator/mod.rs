@@ -190,12 +190,8 @@ pub enum OperatorError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::server::BindError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot install the signal handler: {0}")]
@@ -219,8 +215,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let metrics = OperatorMetrics::new()?;
     let tls_metrics = TlsMetrics::register(&metrics.registry)?;
     let client = kube::Client::try_default().await?;
-    let webhook_listener = bind(args.webhook_listen, "webhook").await?;
-    let metrics_listener = bind(args.metrics_listen, "metrics").await?;
+    let webhook_listener = crate::server::bind(args.webhook_listen, "webhook").await?;
+    let metrics_listener = crate::server::bind(args.metrics_listen, "metrics").await?;
 
     let (stores, reflectors) = controller::start_reflectors(client.clone());
     let mode = match args.tls_mode {
@@ -263,7 +259,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         webhook_listener,
         server_config,
         admission,
-        stopped(stop_rx.clone()),
+        crate::server::stopped(stop_rx.clone()),
     ));
     let synced = Arc::new(AtomicBool::new(false));
     {
@@ -279,13 +275,13 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         stores.clone(),
         synced,
         metrics.clone(),
-        stopped(stop_rx.clone()),
+        crate::server::stopped(stop_rx.clone()),
     ));
     let reconciler = {
         let client = client.clone();
         let metrics = metrics.clone();
         let stores = stores.clone();
-        let shutdown = stopped(stop_rx.clone());
+        let shutdown = crate::server::stopped(stop_rx.clone());
         if args.leader_election {
             let (namespace, lease) = (namespace.clone(), args.lease_name.clone());
             let leader_client = client.clone();
@@ -311,7 +307,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         }
     };
 
-    wait_for_signal().await.map_err(OperatorError::Signal)?;
+    crate::server::termination_signal()
+        .await
+        .map_err(OperatorError::Signal)?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for task in [webhook, health, reconciler] {
@@ -321,31 +319,6 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     }
     tls_task.abort();
     reflectors.abort();
-    Ok(())
-}
-
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, OperatorError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| OperatorError::Bind { addr, what, source })
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }
 
@@ -371,21 +344,17 @@ async fn serve_health(
                 );
                 resp
             }
-            "/healthz/live" => plain(StatusCode::OK, "ok"),
-            "/healthz/ready" if synced.load(Ordering::Relaxed) => plain(StatusCode::OK, "ready"),
-            "/healthz/ready" => plain(
+            "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
+            "/healthz/ready" if synced.load(Ordering::Relaxed) => {
+                crate::server::plain(StatusCode::OK, "ready")
+            }
+            "/healthz/ready" => crate::server::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: bindings cache not synced yet",
             ),
-            _ => plain(StatusCode::NOT_FOUND, "not found"),
+            _ => crate::server::plain(StatusCode::NOT_FOUND, "not found"),
         };
         std::future::ready(resp)
     };
     crate::server::serve(listener, None, service, shutdown).await;
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = status;
-    resp
 }

@@ -1,0 +1,384 @@
+//! The AWSRoleBinding controller on a real control plane (tests/support/k8s.rs): it runs behind
+//! leader election exactly as the operator runs it, and the tests watch what a user would see —
+//! the binding's status, its Events, the Lease.
+//!
+//! There is no kubelet: pods are only stored, and they carry the `credvend.io/binding` label
+//! directly, as the webhook would have written it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt as _, ResourceExt as _};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use credvend::controller::{self, Stores};
+use credvend::crd::{AWSRoleBinding, CONDITION_READY};
+use credvend::operator::metrics::OperatorMetrics;
+use support::k8s;
+
+/// Generous: the two cores of a CI machine are often busy compiling other test binaries, and
+/// a follower waits for a Lease to expire (15 s) before taking over.
+const WAIT: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(100);
+const LEASE: &str = "credvend-operator";
+const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/s3-reader";
+
+/// Installs the CRD (server-side apply, so every test may do it) and waits until it is served.
+async fn install_crd(client: &Client) {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let crd = AWSRoleBinding::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("credvend-test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD not established in time")
+    .unwrap();
+}
+
+/// A fresh namespace with the CRD installed.
+async fn setup(prefix: &str) -> (Client, String) {
+    let cp = k8s::shared().await.unwrap();
+    let client = cp.client().unwrap();
+    install_crd(&client).await;
+    let ns = k8s::unique_name(prefix);
+    k8s::create_namespace(&client, &ns).await.unwrap();
+    (client, ns)
+}
+
+/// One operator replica's controller half: caches plus the controller behind leader election
+/// with the Lease in the test's namespace. `leading` counts how often it became leader.
+struct Replica {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), controller::Error>>,
+    reflectors: JoinHandle<()>,
+    leading: Arc<AtomicUsize>,
+}
+
+impl Replica {
+    fn start(client: &Client, ns: &str, identity: &str) -> Replica {
+        let (stores, reflectors) = controller::start_reflectors(client.clone());
+        let metrics = OperatorMetrics::new().unwrap();
+        let leading = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run_when_leader(
+            client.clone(),
+            ns.to_owned(),
+            LEASE.to_owned(),
+            identity.to_owned(),
+            async move {
+                let _ = stopped.await;
+            },
+            {
+                let client = client.clone();
+                let leading = leading.clone();
+                move || {
+                    leading.fetch_add(1, Ordering::SeqCst);
+                    lead(client.clone(), metrics.clone(), stores.clone())
+                }
+            },
+        ));
+        Replica {
+            stop: Some(stop),
+            task,
+            reflectors,
+            leading,
+        }
+    }
+
+    fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst) > 0
+    }
+
+    /// Shuts down as the operator does on SIGTERM, returning what `run_when_leader` returned.
+    async fn shutdown(mut self) -> Result<(), controller::Error> {
+        let _ = self.stop.take().unwrap().send(());
+        let result = tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("run_when_leader did not return after shutdown")
+            .unwrap();
+        self.reflectors.abort();
+        result
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.reflectors.abort();
+    }
+}
+
+fn lead(
+    client: Client,
+    metrics: OperatorMetrics,
+    stores: Stores,
+) -> impl Future<Output = ()> + Send + 'static {
+    controller::run(client, metrics, stores, std::future::pending())
+}
+
+/// Polls the binding until `done` accepts it; on timeout, fails showing the last status seen.
+async fn wait_for_binding(
+    api: &Api<AWSRoleBinding>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&AWSRoleBinding) -> bool,
+) -> AWSRoleBinding {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let binding = api.get(name).await.unwrap();
+        if done(&binding) {
+            return binding;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}; last status: {:#?}",
+            binding.status
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls until `check` returns `Some`, failing with `what` after [`WAIT`].
+async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `(status, reason, message, observedGeneration)` of the Ready condition.
+fn ready(binding: &AWSRoleBinding) -> Option<(String, String, String, Option<i64>)> {
+    let status = binding.status.as_ref()?;
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)?;
+    Some((
+        condition.status.clone(),
+        condition.reason.clone(),
+        condition.message.clone(),
+        condition.observed_generation,
+    ))
+}
+
+fn binding(name: &str, role_arn: &str) -> AWSRoleBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "credvend.io/v1alpha1",
+        "kind": "AWSRoleBinding",
+        "metadata": {"name": name},
+        "spec": {"serviceAccountName": "default", "roleArn": role_arn},
+    }))
+    .unwrap()
+}
+
+fn labelled_pod(name: &str, binding: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"credvend.io/binding": binding}},
+        "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+    }))
+    .unwrap()
+}
+
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(LEASE)
+        .await
+        .unwrap()
+        .and_then(|lease| lease.spec)
+        .and_then(|spec| spec.holder_identity)
+}
+
+#[tokio::test]
+async fn controller_reports_validity_pod_count_and_changes_of_state() {
+    let (client, ns) = setup("controller").await;
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let replica = Replica::start(&client, &ns, "replica-a");
+
+    // A valid binding: Ready, for generation 1, no pods yet.
+    bindings
+        .create(&PostParams::default(), &binding("s3", ROLE_ARN))
+        .await
+        .unwrap();
+    let valid = wait_for_binding(&bindings, "s3", "Ready=True", |b| {
+        ready(b).is_some_and(|(status, ..)| status == "True")
+    })
+    .await;
+    let (_, reason, message, generation) = ready(&valid).unwrap();
+    assert_eq!(reason, "Valid");
+    assert!(message.contains(ROLE_ARN), "{message}");
+    assert!(message.contains("\"default\""), "{message}");
+    assert_eq!(generation, Some(1));
+    let status = valid.status.as_ref().unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.pods, 0);
+    assert_eq!(
+        lease_holder(&client, &ns).await.as_deref(),
+        Some("replica-a")
+    );
+
+    // Two pods labelled for it (and one for another binding, which must not count).
+    for (pod, for_binding) in [("p1", "s3"), ("p2", "s3"), ("p3", "other")] {
+        pods.create(&PostParams::default(), &labelled_pod(pod, for_binding))
+            .await
+            .unwrap();
+    }
+    wait_for_binding(&bindings, "s3", "pods: 2", |b| {
+        b.status.as_ref().is_some_and(|s| s.pods == 2)
+    })
+    .await;
+    pods.delete("p1", &DeleteParams::default()).await.unwrap();
+    wait_for_binding(&bindings, "s3", "pods: 1", |b| {
+        b.status.as_ref().is_some_and(|s| s.pods == 1)
+    })
+    .await;
+
+    // A role path over IAM's 512 characters passes the CRD's rules but not the controller's.
+    let long_path = "team/".repeat(110);
+    let invalid_arn = format!("arn:aws:iam::111122223333:role/{long_path}s3-reader");
+    bindings
+        .patch(
+            "s3",
+            &PatchParams::apply("credvend-test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "credvend.io/v1alpha1",
+                "kind": "AWSRoleBinding",
+                "spec": {"serviceAccountName": "default", "roleArn": invalid_arn},
+            })),
+        )
+        .await
+        .unwrap();
+    let invalid = wait_for_binding(&bindings, "s3", "Ready=False for generation 2", |b| {
+        ready(b)
+            .is_some_and(|(status, _, _, generation)| status == "False" && generation == Some(2))
+    })
+    .await;
+    let (_, reason, message, _) = ready(&invalid).unwrap();
+    assert_eq!(reason, "InvalidRoleArn");
+    assert!(message.contains("longer than 512 characters"), "{message}");
+    let status = invalid.status.as_ref().unwrap();
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.pods, 1);
+
+    // Each change of state left an Event on the binding.
+    let events = Api::<Event>::namespaced(client.clone(), &ns);
+    let seen = eventually("a Ready and an InvalidRoleArn Event", || async {
+        let list = events.list(&Default::default()).await.unwrap();
+        let on_binding: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("s3")
+                    && e.reporting_controller.as_deref() == Some("credvend-operator")
+            })
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note,
+                )
+            })
+            .collect();
+        let has = |type_: &str, reason: &str| {
+            on_binding.iter().any(|(t, r, _)| t == type_ && r == reason)
+        };
+        (has("Normal", "Ready") && has("Warning", "InvalidRoleArn")).then_some(on_binding)
+    })
+    .await;
+    let (_, _, note) = seen
+        .iter()
+        .find(|(_, reason, _)| reason == "InvalidRoleArn")
+        .unwrap();
+    assert!(
+        note.as_deref().unwrap().contains("longer than 512"),
+        "{note:?}"
+    );
+
+    // Shutting down releases the Lease.
+    replica.shutdown().await.unwrap();
+    assert_eq!(lease_holder(&client, &ns).await, None);
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
+    let (client, ns) = setup("leader").await;
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+
+    let first = Replica::start(&client, &ns, "replica-a");
+    eventually("replica-a to lead", || async {
+        (lease_holder(&client, &ns).await.as_deref() == Some("replica-a") && first.is_leading())
+            .then_some(())
+    })
+    .await;
+    let second = Replica::start(&client, &ns, "replica-b");
+
+    bindings
+        .create(&PostParams::default(), &binding("before", ROLE_ARN))
+        .await
+        .unwrap();
+    wait_for_binding(&bindings, "before", "Ready=True", |b| {
+        ready(b).is_some_and(|(status, ..)| status == "True")
+    })
+    .await;
+    // The status was written while replica-a held the Lease, and replica-b never led.
+    assert_eq!(
+        lease_holder(&client, &ns).await.as_deref(),
+        Some("replica-a")
+    );
+    assert!(!second.is_leading());
+
+    // replica-a shuts down and releases the Lease; replica-b takes over and reconciles.
+    first.shutdown().await.unwrap();
+    eventually("replica-b to lead", || async {
+        (lease_holder(&client, &ns).await.as_deref() == Some("replica-b") && second.is_leading())
+            .then_some(())
+    })
+    .await;
+    bindings
+        .create(
+            &PostParams::default(),
+            &binding("after", "arn:aws:iam::111122223333:role/other"),
+        )
+        .await
+        .unwrap();
+    wait_for_binding(&bindings, "after", "Ready=True", |b| {
+        ready(b).is_some_and(|(status, ..)| status == "True")
+    })
+    .await;
+    second.shutdown().await.unwrap();
+}
