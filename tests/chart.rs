@@ -18,28 +18,20 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail, ensure};
+use anyhow::{Context as _, bail, ensure};
 use credvend::agent::metrics::AgentMetrics;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams, TypeMeta};
-use kube::discovery::{self, ApiCapabilities, ApiResource, Scope};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::Value;
 use support::k8s;
+use support::manifests::{API_DEADLINE, apply_all, run_helm};
 
 const CHART: &str = "charts/credvend";
-/// How long a freshly established CRD may take to appear in discovery, and a CRD to become
-/// established. Generous: the two cores are usually busy compiling other test binaries.
-const API_DEADLINE: Duration = Duration::from_secs(60);
-/// The field manager of the test's server-side applies.
-const FIELD_MANAGER: &str = "credvend-test";
 
 /// The CRDs of the optional features, from the Go modules of their projects (the go command
 /// verifies them against the checksum database). Pinned, so the test does not change under
@@ -90,60 +82,6 @@ const OPERATOR_METRICS: &[&str] = &[
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The helm binary: `CREDVEND_HELM`, else whatever `scripts/helm-bin.sh` builds or finds.
-fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let path = match std::env::var_os("CREDVEND_HELM") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => {
-                let script = repo().join("scripts/helm-bin.sh");
-                // stderr is inherited so the (slow) first build shows its progress.
-                let output = Command::new(&script)
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "running {} failed ({e}); CREDVEND_HELM is unset. \
-                             Build helm with `make helm-bin`",
-                            script.display()
-                        )
-                    });
-                assert!(
-                    output.status.success(),
-                    "{} failed ({}); CREDVEND_HELM is unset. Build helm with `make helm-bin`",
-                    script.display(),
-                    output.status
-                );
-                PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-            }
-        };
-        assert!(
-            path.is_file(),
-            "helm not found at {}; build it with `make helm-bin`",
-            path.display()
-        );
-        path
-    })
-}
-
-/// Runs helm in the repository root with a private home, so a developer's repositories,
-/// plugins and settings cannot change what the chart renders to.
-fn run_helm(args: &[&str]) -> Output {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap()).path();
-    Command::new(helm())
-        .args(args)
-        .current_dir(repo())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("HELM_NAMESPACE")
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", helm().display()))
 }
 
 fn template_args<'a>(release: &'a str, namespace: &'a str, sets: &[&'a str]) -> Vec<&'a str> {
@@ -1025,95 +963,6 @@ async fn create_pod(
         .create(&params, &pod)
         .await?;
     Ok(())
-}
-
-/// Server-side applies every object: CRDs first (and waits until they are served), then a
-/// dry run of everything else, so a rejection names the object before anything is stored, and
-/// finally the real apply.
-async fn apply_all(client: &Client, docs: &[Value]) -> anyhow::Result<()> {
-    let (crds, others): (Vec<&Value>, Vec<&Value>) = docs
-        .iter()
-        .partition(|d| d["kind"] == "CustomResourceDefinition");
-    for crd in &crds {
-        apply(client, crd, true).await?;
-        apply(client, crd, false).await?;
-    }
-    let crd_api = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in &crds {
-        let name = object_name(crd)?;
-        tokio::time::timeout(
-            API_DEADLINE,
-            await_condition(crd_api.clone(), name, conditions::is_crd_established()),
-        )
-        .await
-        .with_context(|| format!("CRD {name} not established within {API_DEADLINE:?}"))??;
-    }
-    for doc in &others {
-        apply(client, doc, true).await?;
-    }
-    for doc in &others {
-        apply(client, doc, false).await?;
-    }
-    Ok(())
-}
-
-async fn apply(client: &Client, doc: &Value, dry_run: bool) -> anyhow::Result<DynamicObject> {
-    let type_meta: TypeMeta = serde_json::from_value(doc.clone())?;
-    let gvk = GroupVersionKind::try_from(&type_meta)?;
-    let name = object_name(doc)?;
-    let (resource, capabilities) = discover(client, &gvk).await?;
-    let api: Api<DynamicObject> = match capabilities.scope {
-        Scope::Namespaced => {
-            let namespace = doc["metadata"]["namespace"].as_str().ok_or_else(|| {
-                // `kubectl apply` would put it wherever the user's context points.
-                anyhow!(
-                    "{} {name} is namespaced but the chart sets no namespace",
-                    gvk.kind
-                )
-            })?;
-            Api::namespaced_with(client.clone(), namespace, &resource)
-        }
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-    };
-    // Strict: a field the API server does not know is an error, not a silently dropped value.
-    let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
-    if dry_run {
-        params = params.dry_run();
-    }
-    api.patch(name, &params, &Patch::Apply(doc))
-        .await
-        .with_context(|| {
-            format!(
-                "kube-apiserver rejected the {}apply of {} {name}:\n{}",
-                if dry_run { "dry-run " } else { "" },
-                gvk.kind,
-                serde_json::to_string_pretty(doc).unwrap_or_default()
-            )
-        })
-}
-
-/// The API resource of a kind. Polls, because a new CRD reaches discovery a moment after it
-/// is established.
-async fn discover(
-    client: &Client,
-    gvk: &GroupVersionKind,
-) -> anyhow::Result<(ApiResource, ApiCapabilities)> {
-    let deadline = Instant::now() + API_DEADLINE;
-    loop {
-        match discovery::pinned_kind(client, gvk).await {
-            Ok(found) => return Ok(found),
-            Err(error) if Instant::now() > deadline => {
-                bail!("{gvk:?} not served by kube-apiserver: {error}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-fn object_name(doc: &Value) -> anyhow::Result<&str> {
-    doc["metadata"]["name"]
-        .as_str()
-        .ok_or_else(|| anyhow!("object without a name: {doc}"))
 }
 
 /// The pinned third-party CRDs, read from the module cache (`go mod download` fetches a

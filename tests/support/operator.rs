@@ -18,7 +18,7 @@ use credvend::crd::AWSRoleBinding;
 use super::agent::free_port;
 use super::http::{self, eventually};
 use super::k8s::{self, ControlPlane};
-use super::manifests::{apply_all, documents, render_chart};
+use super::manifests::{apply_all, render_chart};
 use super::python::python;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -96,20 +96,17 @@ pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installe
     let webhook_port = free_port();
     let metrics_port = free_port();
     let url = format!("https://127.0.0.1:{webhook_port}/mutate");
-    let rendered = render_chart(&release, &release_ns, &[("webhook.url", &url)]).unwrap();
-    let objects = documents(&rendered).unwrap();
-    apply_all(client, &objects, true)
-        .await
-        .expect("dry-run apply of the chart");
-    apply_all(client, &objects, false)
+    let objects = render_chart(&release, &release_ns, &[("webhook.url", &url)]).unwrap();
+    // Dry run of everything first, then the real apply (see apply_all).
+    apply_all(client, &objects)
         .await
         .expect("apply of the chart");
 
     let deployment = objects
         .iter()
-        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "Deployment"))
+        .find(|o| o["kind"] == "Deployment")
         .expect("the chart renders a Deployment");
-    let pod_spec = &deployment.data["spec"]["template"]["spec"];
+    let pod_spec = &deployment["spec"]["template"]["spec"];
     let service_account = pod_spec["serviceAccountName"].as_str().unwrap().to_owned();
     let chart_args: Vec<String> =
         serde_json::from_value(pod_spec["containers"][0]["args"].clone()).unwrap();
