@@ -220,16 +220,7 @@ fn credentials_handler(
 
 fn health_handler(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
     Arc::new(move |parts| match parts.uri.path() {
-        "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
-                &metrics.registry,
-            ))));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(crate::metrics::TEXT_CONTENT_TYPE),
-            );
-            resp
-        }
+        "/metrics" => crate::server::metrics_page(&metrics.registry),
         "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
         "/healthz/ready" => match cache.valid_at(SystemTime::now()) {
             Some(_) => crate::server::plain(StatusCode::OK, "ready"),

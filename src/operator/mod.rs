@@ -12,10 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use http::{Response, StatusCode, header};
-use http_body_util::Full;
+use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -335,14 +333,7 @@ async fn serve_health(
         let resp = match req.uri().path() {
             "/metrics" => {
                 controller::record_binding_metrics(&stores.bindings, &metrics);
-                let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
-                    &metrics.registry,
-                ))));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(crate::metrics::TEXT_CONTENT_TYPE),
-                );
-                resp
+                crate::server::metrics_page(&metrics.registry)
             }
             "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
             "/healthz/ready" if synced.load(Ordering::Relaxed) => {
