@@ -51,7 +51,7 @@ test: lint k8s-bins
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
 	CREDVEND_HELM="$(HELM)" \
-	$(SDK_ENV) cargo test --locked --all-targets --no-fail-fast
+	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
 
 .PHONY: demo
 demo: k8s-bins helm-bin
