@@ -9,17 +9,17 @@
 
 mod support;
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
 use credvend::crd::AWSRoleBinding;
 use support::agent::free_port;
-use support::http::{self, eventually};
+use support::http;
 use support::k8s::{self, ControlPlane};
-use support::operator::{binding_yaml, create_injected, env_of, install, pod, run_injected_agent};
+use support::operator::{
+    binding_yaml, create_injected, env_of, install, pod, run_injected_agent, wait_binding_ready,
+};
 use support::sts::StsPeer;
 
 fn step(n: u32, text: &str) {
@@ -181,20 +181,7 @@ async fn demo() {
     println!("{}", indent(&shown.join("\n")));
 
     step(9, "The binding's status");
-    let status = eventually(
-        "binding Ready with 1 pod",
-        Duration::from_secs(60),
-        || async {
-            let b = bindings.get("s3-reader").await.ok()?;
-            let status = b.status?;
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            (ready && status.pods == 1).then_some(status)
-        },
-    )
-    .await;
+    let status = wait_binding_ready(&bindings, "s3-reader", 1).await;
     for c in &status.conditions {
         println!("    {}={} ({}): {}", c.type_, c.status, c.reason, c.message);
     }

@@ -14,7 +14,7 @@ use kube::api::{Api, PostParams};
 
 use credvend::crd::AWSRoleBinding;
 use support::agent::free_port;
-use support::http::{self, eventually};
+use support::http;
 use support::k8s;
 use support::operator::*;
 use support::sts::StsPeer;
@@ -182,16 +182,8 @@ async fn operator_injects_an_agent_that_vends_credentials_to_boto3() {
     }
 
     // The binding reports Ready and its pod.
-    eventually("binding status Ready with 1 pod", WAIT, || async {
-        let b = bindings.get("s3-reader").await.ok()?;
-        let status = b.status?;
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        (ready && status.pods == 1 && status.observed_generation == Some(1)).then_some(())
-    })
-    .await;
+    let status = wait_binding_ready(&bindings, "s3-reader", 1).await;
+    assert_eq!(status.observed_generation, Some(1));
 
     // Now the kubelet's part: the projected token, the downward API, the agent as injected.
     let running = run_injected_agent(&client, &stored, &ns, dir.path()).await;

@@ -386,3 +386,28 @@ pub async fn run_injected_agent(
         root,
     }
 }
+
+/// Waits until binding `name` reports `Ready=True` for its current generation with `pods`
+/// pods, and returns that status.
+pub async fn wait_binding_ready(
+    bindings: &Api<AWSRoleBinding>,
+    name: &str,
+    pods: i32,
+) -> credvend::crd::AWSRoleBindingStatus {
+    eventually(
+        &format!("binding {name} Ready with {pods} pod(s)"),
+        WAIT,
+        || async {
+            let b = bindings.get(name).await.ok()?;
+            let generation = b.metadata.generation;
+            let status = b.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && status.pods == pods && status.observed_generation == generation)
+                .then_some(status)
+        },
+    )
+    .await
+}
