@@ -13,29 +13,19 @@ version="${HELM_VERSION:-v4.3.1}"
 major="${version%%.*}"
 out="$CREDVEND_CACHE/helm-$version"
 
-build() {
-  if [ -f "$out/.complete" ]; then return; fi
+# Installs helm into $1 (a subshell, so the cd and exports stay local).
+build_helm() (
+  local tmp="$1"
   command -v go >/dev/null || { log "Go is needed to build helm $version"; exit 1; }
   log "building helm $version into $out (a few minutes the first time)"
-  local tmp
-  tmp="$(mktemp -d "$out.tmp.XXXXXX")"
-  # A subshell, so a failed build leaves no half-filled cache entry behind.
-  if ! (
-    export CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS="-buildvcs=false"
-    # Outside any module, so the repository's own Go modules (tests/k8s) play no part.
-    cd "$tmp"
-    # What helm's release build stamps in, so `helm version` reports the real release
-    # rather than a bare "v4.3" with an "unreleased" suffix.
-    go install -trimpath \
-      -ldflags="-s -w -X=helm.sh/helm/$major/internal/version.version=$version -X=helm.sh/helm/$major/internal/version.metadata= -X=helm.sh/helm/$major/internal/version.gitTreeState=clean" \
-      "helm.sh/helm/$major/cmd/helm@$version"
-  ); then
-    rm -rf "$tmp"
-    exit 1
-  fi
-  rm -rf "$out"
-  mv "$tmp" "$out"
-  touch "$out/.complete"
-}
-with_lock "$out.lock" build
+  export CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS="-buildvcs=false"
+  # Outside any module, so the repository's own Go modules (tests/k8s) play no part.
+  cd "$tmp"
+  # What helm's release build stamps in, so `helm version` reports the real release
+  # rather than a bare "v4.3" with an "unreleased" suffix.
+  go install -trimpath \
+    -ldflags="-s -w -X=helm.sh/helm/$major/internal/version.version=$version -X=helm.sh/helm/$major/internal/version.metadata= -X=helm.sh/helm/$major/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/$major/cmd/helm@$version"
+)
+with_lock "$out.lock" build_into "$out" build_helm
 echo "$out/helm"

@@ -18,38 +18,28 @@ k8s_version="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$mod/go.mod")"
 key="$(cat "$mod/go.mod" "$mod/go.sum" "$mod/etcd/main.go" | sha256sum | cut -c1-12)"
 out="$CREDVEND_CACHE/k8s-$k8s_version-$key"
 
-build() {
-  if [ -f "$out/.complete" ]; then return; fi
+# Builds both binaries into $1 (a subshell, so the cd stays local).
+build_k8s() (
+  local tmp="$1"
   command -v go >/dev/null || { log "Go is needed to build kube-apiserver and etcd"; exit 1; }
   log "building kube-apiserver $k8s_version and etcd into $out (several minutes the first time)"
-  local tmp
-  tmp="$(mktemp -d "$out.tmp.XXXXXX")"
-  # Built in a subshell so a failure leaves no half-filled cache entry behind.
-  if ! (
-    cd "$mod"
-    export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
-    # What `make release` stamps into kube-apiserver, so /version reports the real release.
-    # The build date is the module's publication time rather than now, which keeps the
-    # binary reproducible; the commit is not known from a module download and stays empty.
-    local minor build_date pkg ldflags=(-s -w)
-    minor="$(cut -d. -f2 <<<"$k8s_version")"
-    build_date="$(go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)"
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ldflags+=(
-        "-X=$pkg.gitVersion=$k8s_version" "-X=$pkg.gitMajor=1" "-X=$pkg.gitMinor=$minor"
-        "-X=$pkg.gitTreeState=clean" "-X=$pkg.gitCommit=" "-X=$pkg.buildDate=$build_date"
-      )
-    done
-    go build -trimpath -ldflags="${ldflags[*]}" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-    go build -trimpath -ldflags="-s -w" -o "$tmp/etcd" ./etcd
-  ); then
-    rm -rf "$tmp"
-    exit 1
-  fi
-  rm -rf "$out"
-  mv "$tmp" "$out"
-  touch "$out/.complete"
-}
-with_lock "$out.lock" build
+  cd "$mod"
+  export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
+  # What `make release` stamps into kube-apiserver, so /version reports the real release.
+  # The build date is the module's publication time rather than now, which keeps the
+  # binary reproducible; the commit is not known from a module download and stays empty.
+  local minor build_date pkg ldflags=(-s -w)
+  minor="$(cut -d. -f2 <<<"$k8s_version")"
+  build_date="$(go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=(
+      "-X=$pkg.gitVersion=$k8s_version" "-X=$pkg.gitMajor=1" "-X=$pkg.gitMinor=$minor"
+      "-X=$pkg.gitTreeState=clean" "-X=$pkg.gitCommit=" "-X=$pkg.buildDate=$build_date"
+    )
+  done
+  go build -trimpath -ldflags="${ldflags[*]}" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  go build -trimpath -ldflags="-s -w" -o "$tmp/etcd" ./etcd
+)
+with_lock "$out.lock" build_into "$out" build_k8s
 echo "$out/kube-apiserver"
 echo "$out/etcd"

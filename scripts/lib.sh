@@ -6,3 +6,18 @@ mkdir -p "$CREDVEND_CACHE"
 log() { printf '==> %s\n' "$*" >&2; }
 # Serialises concurrent builds of the same cached artefact (two `make` runs at once).
 with_lock() { local lock="$1"; shift; mkdir -p "$(dirname "$lock")"; exec 9>"$lock"; flock 9; "$@"; }
+
+# build_into OUT FUNCTION: unless OUT is complete, runs FUNCTION TMPDIR and renames TMPDIR to
+# OUT only when every command of FUNCTION succeeded (errexit stays in force: the function is
+# never run as a condition), so a failed or interrupted build never looks cached. Call it
+# under with_lock; leftovers of an earlier failed build are removed first.
+build_into() {
+  local out="$1" build="$2" tmp
+  if [ -f "$out/.complete" ]; then return 0; fi
+  rm -rf "$out".tmp.*
+  tmp="$(mktemp -d "$out.tmp.XXXXXX")"
+  "$build" "$tmp"
+  touch "$tmp/.complete"
+  rm -rf "$out"
+  mv "$tmp" "$out"
+}

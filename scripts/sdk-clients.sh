@@ -22,19 +22,6 @@ sdk="$root/tests/sdk"
 key_of() { (cd "$1" && shift && sha256sum "$@") | sha256sum | cut -c1-12; }
 
 # Runs the build function $2 to fill a fresh temp dir, then renames it to $1.
-build_into() {
-  local out="$1" build="$2"
-  if [ -f "$out/.complete" ]; then return; fi
-  # Leftovers of an interrupted build (we hold the lock, so nobody else is using them).
-  rm -rf "$out".tmp.*
-  local tmp
-  tmp="$(mktemp -d "$out.tmp.XXXXXX")"
-  "$build" "$tmp"
-  touch "$tmp/.complete"
-  rm -rf "$out"
-  mv "$tmp" "$out"
-}
-
 build_go() {
   log "building the Go SDK client (aws-sdk-go-v2, see tests/sdk/go/go.mod)"
   (cd "$sdk/go" && GOFLAGS=-mod=readonly go build -trimpath -o "$1/sdk-client-go" .)
