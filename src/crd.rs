@@ -19,6 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::aws::{check_role_arn, check_sts_endpoint, is_region};
+
 /// API group of every credvend resource.
 pub const GROUP: &str = "credvend.io";
 /// The `sessionDuration` used when a binding does not set one (STS's own default).
@@ -42,13 +44,6 @@ pub const RECOMMENDED_MIN_SESSION_DURATION: Duration = Duration::from_secs(40 * 
 pub const AGENT_RENEWAL_MARGIN: Duration = crate::agent::schedule::MIN_REMAINING_AT_RENEWAL;
 /// botocore and the AWS CLI re-fetch on every call when less than this remains.
 pub const SDK_REFRESH_WINDOW: Duration = Duration::from_secs(15 * 60);
-
-/// IAM's limit on a role path, slashes included.
-const MAX_ROLE_PATH_LEN: usize = 512;
-/// IAM's limit on a role name.
-const MAX_ROLE_NAME_LEN: usize = 64;
-/// STS's limit on the `RoleArn` parameter.
-const MAX_ROLE_ARN_LEN: usize = 2048;
 
 // CEL rules. The regular expressions avoid backslashes so they read the same in Rust, CEL
 // and YAML; `[!-.0-~]` is printable ASCII without '/', which is what IAM allows in a path.
@@ -411,117 +406,6 @@ fn is_dns1123_label_chars(label: &str) -> bool {
         }
         _ => false,
     }
-}
-
-/// Checks an IAM role ARN: `arn:<partition>:iam::<account>:role/<path/><name>`.
-fn check_role_arn(arn: &str) -> Result<(), &'static str> {
-    if arn.len() > MAX_ROLE_ARN_LEN {
-        return Err("longer than 2048 characters");
-    }
-    let fields: Vec<&str> = arn.splitn(6, ':').collect();
-    let [prefix, partition, service, region, account, resource] = fields.as_slice() else {
-        return Err("it needs six ':'-separated fields");
-    };
-    if *prefix != "arn" {
-        return Err("it must start with 'arn:'");
-    }
-    if !is_partition(partition) {
-        return Err("the partition must be aws, aws-cn, aws-us-gov or another aws-* partition");
-    }
-    if *service != "iam" {
-        return Err("the service must be iam");
-    }
-    if !region.is_empty() {
-        return Err("IAM ARNs have no region");
-    }
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("the account id must be 12 digits");
-    }
-    let Some(path_and_name) = resource.strip_prefix("role/") else {
-        return Err("the resource must be role/<name>");
-    };
-    check_role_path_and_name(path_and_name)
-}
-
-fn is_partition(p: &str) -> bool {
-    let Some(rest) = p.strip_prefix("aws") else {
-        return false;
-    };
-    rest.is_empty()
-        || rest.strip_prefix('-').is_some_and(|r| {
-            r.split('-')
-                .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()))
-        })
-}
-
-fn check_role_path_and_name(path_and_name: &str) -> Result<(), &'static str> {
-    let (path, name) = match path_and_name.rsplit_once('/') {
-        Some((path, name)) => (Some(path), name),
-        None => (None, path_and_name),
-    };
-    if name.is_empty() || name.len() > MAX_ROLE_NAME_LEN {
-        return Err("the role name must have 1 to 64 characters");
-    }
-    let name_char = |b: u8| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b);
-    if !name.bytes().all(name_char) {
-        return Err("the role name may only contain letters, digits and _+=,.@-");
-    }
-    let Some(path) = path else {
-        return Ok(());
-    };
-    // The path as IAM stores it, "/a/b/", is at most 512 characters.
-    if path.len() + 2 > MAX_ROLE_PATH_LEN {
-        return Err("the role path is longer than 512 characters");
-    }
-    let segment_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if !path.split('/').all(segment_ok) {
-        return Err("the role path must be printable ASCII segments separated by single '/'");
-    }
-    Ok(())
-}
-
-/// An AWS region code such as `eu-west-1`, `us-gov-west-1`, `us-isob-east-1` or
-/// `eusc-de-east-1`: `^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$`.
-pub fn is_region(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    match parts.as_slice() {
-        [first, middle @ .., last] if (1..=3).contains(&middle.len()) => {
-            (2..=4).contains(&first.len())
-                && lower(first)
-                && middle.iter().all(lower)
-                && (1..=2).contains(&last.len())
-                && last.bytes().all(|b| b.is_ascii_digit())
-        }
-        _ => false,
-    }
-}
-
-/// https anywhere; http only to a loopback IP literal, so the web identity token never crosses
-/// a network unencrypted.
-fn check_sts_endpoint(url: &str) -> Result<(), &'static str> {
-    let uri: http::Uri = url.parse().map_err(|_| "is not a URL")?;
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return Err("is not an absolute URL");
-    };
-    if authority.as_str().contains('@') {
-        return Err("must not contain user information");
-    }
-    if uri.query().is_some() {
-        return Err("must not have a query");
-    }
-    match scheme {
-        "https" => Ok(()),
-        "http" if is_loopback_host(authority.host()) => Ok(()),
-        "http" => Err("uses plain http to a host that is not a loopback IP"),
-        _ => Err("must use https"),
-    }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

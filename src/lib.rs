@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod aws;
 pub mod controller;
 pub mod crd;
 pub mod inject;

@@ -78,9 +78,9 @@ pub struct AgentArgs {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
-        "--role-arn {0:?} is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>"
+        "--role-arn {arn:?} is not an IAM role ARN ({why}); expected arn:aws:iam::<12-digit account>:role/[path/]<name>"
     )]
-    RoleArn(String),
+    RoleArn { arn: String, why: &'static str },
     #[error(
         "--listen {0} is not a loopback address; the credentials endpoint must stay inside the pod (use 127.0.0.1:<port> or [::1]:<port>)"
     )]
@@ -92,52 +92,22 @@ pub enum ConfigError {
     )]
     NoSessionName,
     #[error(
-        "--sts-endpoint {0:?} is not an http(s) URL; plain http is accepted only for loopback hosts"
+        "--sts-endpoint {url:?} {why}; use an https URL (plain http only to 127.0.0.1 or [::1])"
     )]
-    StsEndpoint(String),
+    StsEndpoint { url: String, why: &'static str },
     #[error("--region {0:?} is not an AWS region name such as eu-west-1")]
     Region(String),
 }
 
-/// Checks the shape of an IAM role ARN: `arn:<partition>:iam::<account>:role/<path/><name>`.
+/// Checks the shape of an IAM role ARN with the rules the AWSRoleBinding validation uses.
 ///
 /// STS would reject a malformed ARN too, but only after the agent has read the token and gone
 /// to the network; checking first gives a message that names the flag.
 pub fn validate_role_arn(arn: &str) -> Result<(), ConfigError> {
-    let err = || ConfigError::RoleArn(arn.to_owned());
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err(err());
-    };
-    let partition_ok = partition.starts_with("aws")
-        && partition
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '-');
-    let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
-    let Some(path_and_name) = resource.strip_prefix("role/") else {
-        return Err(err());
-    };
-    let (path, name) = path_and_name
-        .rsplit_once('/')
-        .unwrap_or(("", path_and_name));
-    // IAM allows any printable ASCII in a role's path, but only [\w+=,.@-] in its name.
-    let charset_ok = path.chars().all(|c| c.is_ascii_graphic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
-    let name_ok = (1..=64).contains(&name.len());
-    if partition_ok && account_ok && charset_ok && name_ok && path_and_name.len() <= 512 {
-        Ok(())
-    } else {
-        Err(err())
-    }
+    crate::aws::check_role_arn(arn).map_err(|why| ConfigError::RoleArn {
+        arn: arn.to_owned(),
+        why,
+    })
 }
 
 /// Turns any string into a valid STS RoleSessionName: characters outside `[\w+=,.@-]` become
@@ -200,40 +170,18 @@ pub fn validate_duration(d: Duration) -> Result<(), ConfigError> {
     }
 }
 
-/// Accepts https endpoints anywhere and plain http only on loopback (tests, local proxies):
-/// the web identity token must not cross a network in clear text.
+/// Accepts https endpoints anywhere and plain http only to a loopback IP (tests, local
+/// proxies): the web identity token must not cross a network in clear text.
 pub fn validate_sts_endpoint(url: &str) -> Result<(), ConfigError> {
-    let err = || ConfigError::StsEndpoint(url.to_owned());
-    let uri: http::Uri = url.parse().map_err(|_| err())?;
-    let host = uri.host().ok_or_else(err)?;
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if is_loopback_host(host) => Ok(()),
-        _ => Err(err()),
-    }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    crate::aws::check_sts_endpoint(url).map_err(|why| ConfigError::StsEndpoint {
+        url: url.to_owned(),
+        why,
+    })
 }
 
 /// Checks a region name's shape (`eu-west-1`, `us-gov-west-1`, `cn-north-1`, …).
 pub fn validate_region(region: &str) -> Result<(), ConfigError> {
-    let parts: Vec<&str> = region.split('-').collect();
-    let ok = parts.len() >= 3
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()));
-    if ok {
+    if crate::aws::is_region(region) {
         Ok(())
     } else {
         Err(ConfigError::Region(region.to_owned()))
@@ -338,13 +286,15 @@ mod tests {
             "https://sts.eu-west-1.amazonaws.com",
             "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com",
             "http://127.0.0.1:5000",
-            "http://localhost:5000",
             "http://[::1]:5000",
         ] {
             assert_eq!(validate_sts_endpoint(ok), Ok(()), "{ok}");
         }
+        // localhost is refused like any name: only a loopback IP literal proves the token
+        // stays on the machine (the same rule as the binding's stsEndpoint).
         for bad in [
             "http://sts.amazonaws.com",
+            "http://localhost:5000",
             "ftp://x",
             "sts.amazonaws.com",
             "",

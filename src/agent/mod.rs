@@ -320,7 +320,7 @@ mod tests {
         let bad = parse(&["--role-arn", "nope", "--session-name", "s"]);
         assert!(matches!(
             AgentConfig::from_args(&bad, env(&[])),
-            Err(ConfigError::RoleArn(_))
+            Err(ConfigError::RoleArn { .. })
         ));
         let short = parse(&[
             "--role-arn",
