@@ -7,12 +7,11 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::agent::{AgentOptions, AgentProcess, ROLE_ARN, SESSION_NAME};
 use support::http::{self, eventually};
-use support::python::python;
+use support::python::app_python;
 use support::sts::StsPeer;
 
 const READY: Duration = Duration::from_secs(30);
@@ -27,9 +26,7 @@ print(json.dumps({"arn": arn, "access_key_id": creds.access_key}))
 "#;
 
 fn run_boto3(agent: &AgentProcess, sts: &StsPeer) -> serde_json::Value {
-    let out = Command::new(python())
-        .args(["-c", BOTO3_APP])
-        .env_clear()
+    let out = app_python(BOTO3_APP, sts.endpoint())
         .env(
             "AWS_CONTAINER_CREDENTIALS_FULL_URI",
             agent.credentials_url(),
@@ -38,12 +35,6 @@ fn run_boto3(agent: &AgentProcess, sts: &StsPeer) -> serde_json::Value {
             "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
             agent.auth_token_file(),
         )
-        .env("AWS_ENDPOINT_URL_STS", sts.endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
     assert!(

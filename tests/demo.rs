@@ -14,11 +14,10 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
 use credvend::crd::AWSRoleBinding;
-use support::agent::free_port;
 use support::http;
 use support::k8s::{self, ControlPlane};
 use support::operator::{
-    binding_yaml, create_injected, env_of, install, pod, run_injected_agent, wait_binding_ready,
+    binding_yaml, create_annotated_pod, env_of, install, run_injected_agent, wait_binding_ready,
 };
 use support::sts::StsPeer;
 
@@ -86,15 +85,8 @@ async fn demo() {
     );
 
     step(5, "Creating a pod annotated credvend.io/inject: \"true\"");
-    let port = free_port();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
-    let annotations =
-        serde_json::json!({"credvend.io/inject": "true", "credvend.io/port": port.to_string()});
-    let stored = create_injected(
-        &pods,
-        &pod("web-0", "app", annotations, serde_json::json!({})),
-    )
-    .await;
+    let stored = create_annotated_pod(&pods, "web-0", "app").await;
     let spec = stored.spec.as_ref().unwrap();
     let agent = &spec.init_containers.as_ref().unwrap()[0];
     println!(

@@ -13,7 +13,6 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
 use credvend::crd::AWSRoleBinding;
-use support::agent::free_port;
 use support::http;
 use support::k8s;
 use support::operator::*;
@@ -41,17 +40,10 @@ async fn operator_injects_an_agent_that_vends_credentials_to_boto3() {
         .await
         .unwrap();
 
-    // An annotated pod gets the agent; its credentials port is chosen by annotation so that
-    // this test never collides with another process on the default port.
-    let port = free_port();
+    // An annotated pod gets the agent, on a port chosen by annotation.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let annotations =
-        serde_json::json!({"credvend.io/inject": "true", "credvend.io/port": port.to_string()});
-    let stored = create_injected(
-        &pods,
-        &pod("web-0", "app", annotations, serde_json::json!({})),
-    )
-    .await;
+    let stored = create_annotated_pod(&pods, "web-0", "app").await;
+    let port = stored.annotations()["credvend.io/port"].clone();
 
     let agent = agent_container(&stored);
     assert_eq!(agent.restart_policy.as_deref(), Some("Always"));

@@ -19,7 +19,7 @@ use super::agent::free_port;
 use super::http::{self, eventually};
 use super::k8s::{self, ControlPlane};
 use super::manifests::{apply_all, render_chart};
-use super::python::python;
+use super::python::app_python;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/s3-reader";
@@ -276,13 +276,7 @@ impl RunningAgent {
     /// The app container's command: `python -c CODE` with the container's env (the token
     /// file path mapped), the STS endpoint of the test, and nothing else.
     pub fn app_command(&self, app: &Container, sts_endpoint: &str, code: &str) -> Command {
-        let mut cmd = Command::new(python());
-        cmd.args(["-c", code])
-            .env_clear()
-            .env("AWS_ENDPOINT_URL_STS", sts_endpoint)
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_DEFAULT_REGION", "us-east-1");
+        let mut cmd = app_python(code, sts_endpoint);
         for (k, v) in env_of(app) {
             let v = if k == "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" {
                 self.map_path(&v).display().to_string()
@@ -410,4 +404,15 @@ pub async fn wait_binding_ready(
         },
     )
     .await
+}
+
+/// Creates pod `name` of service account `sa`, annotated `credvend.io/inject: "true"` with a free
+/// loopback port (`credvend.io/port`), so that tests never collide with another process on the
+/// default port; returns the stored, injected pod.
+pub async fn create_annotated_pod(pods: &Api<Pod>, name: &str, sa: &str) -> Pod {
+    let annotations = serde_json::json!({
+        "credvend.io/inject": "true",
+        "credvend.io/port": free_port().to_string(),
+    });
+    create_injected(pods, &pod(name, sa, annotations, serde_json::json!({}))).await
 }

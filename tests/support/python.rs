@@ -27,3 +27,19 @@ pub fn python() -> PathBuf {
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// `python -c CODE` as an app would run it: an empty environment except what keeps the SDK
+/// away from this machine's own AWS configuration, plus STS at `sts_endpoint` in us-east-1.
+/// The caller adds the container-credentials variables under test.
+pub fn app_python(code: &str, sts_endpoint: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", code])
+        .env_clear()
+        .env("AWS_ENDPOINT_URL_STS", sts_endpoint)
+        // botocore reads only AWS_DEFAULT_REGION; the other SDKs read AWS_REGION.
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
