@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes control plane the integration tests run against (kube-apiserver
-# and etcd, from the Go module in tests/k8s) and prints their paths, one per line:
+# Builds the Kubernetes binaries the integration tests run (from the Go module in
+# tests/k8s) and prints their paths, one per line:
 #
 #   line 1: kube-apiserver
 #   line 2: etcd
+#   line 3: kubelet
+#   line 4: kube-controller-manager
+#   line 5: kube-scheduler
 #
+# The last three make the real node of the pod-level tests; tests that need only admission
+# use the first two.
 # The binaries are cached outside the clone in a directory keyed by the Kubernetes version
 # and a hash of the module files, so a change of pins builds afresh and an unchanged module
 # is reused as is. The first build takes several minutes (about 170 Go modules); later runs
@@ -22,7 +27,7 @@ out="$CREDVEND_CACHE/k8s-$k8s_version-$key"
 build_k8s() (
   local tmp="$1"
   command -v go >/dev/null || { log "Go is needed to build kube-apiserver and etcd"; exit 1; }
-  log "building kube-apiserver $k8s_version and etcd into $out (several minutes the first time)"
+  log "building kube-apiserver, kubelet, kube-controller-manager, kube-scheduler $k8s_version and etcd into $out (several minutes the first time)"
   cd "$mod"
   export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
   # What `make release` stamps into kube-apiserver, so /version reports the real release.
@@ -37,9 +42,14 @@ build_k8s() (
       "-X=$pkg.gitTreeState=clean" "-X=$pkg.gitCommit=" "-X=$pkg.buildDate=$build_date"
     )
   done
-  go build -trimpath -ldflags="${ldflags[*]}" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  for cmd in kube-apiserver kubelet kube-controller-manager kube-scheduler; do
+    go build -trimpath -ldflags="${ldflags[*]}" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  done
   go build -trimpath -ldflags="-s -w" -o "$tmp/etcd" ./etcd
 )
 with_lock "$out.lock" build_into "$out" build_k8s
 echo "$out/kube-apiserver"
 echo "$out/etcd"
+echo "$out/kubelet"
+echo "$out/kube-controller-manager"
+echo "$out/kube-scheduler"
