@@ -120,7 +120,8 @@ pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installe
     install_with(cp, client, dir, &[]).await
 }
 
-/// [`install`], with `extra_args` appended to the chart's operator args.
+/// [`install`], with `extra_args` (`--flag=value`) replacing or added to the chart's operator
+/// args.
 pub async fn install_with(
     cp: &ControlPlane,
     client: &Client,
@@ -160,6 +161,11 @@ pub async fn install_with(
     args.push("--pod-name=operator-0".into());
     args.push("--agent-image=credvend:test".into());
     args.retain(|a| !a.starts_with("--agent-image=") || a == "--agent-image=credvend:test");
+    // An extra `--flag=value` replaces the chart's value of that flag.
+    let flag = |a: &str| a.split_once('=').map(|(f, _)| f.to_owned());
+    args.retain(|a| {
+        flag(a).is_none_or(|f| !extra_args.iter().any(|e| flag(e).as_deref() == Some(&f)))
+    });
     args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let webhook_config = chart_args
         .iter()
