@@ -465,6 +465,13 @@ async fn agent_cuts_slow_request_heads_at_5s_however_they_trickle() {
         cut >= Duration::from_millis(4900) && cut < Duration::from_secs(10),
         "cut after {cut:?}, not at the 5 s head deadline"
     );
+    assert!(
+        agent
+            .metric(r#"credvend_connections_closed_total{listener="health",reason="head_timeout"}"#)
+            .await
+            .is_some_and(|n| n >= 1.0),
+        "the cut is not counted"
+    );
     // The same port still answers a head sent in one go.
     assert_eq!(
         http::get(&agent.metrics_url("/healthz/live"))
@@ -514,6 +521,12 @@ async fn agent_at_its_connection_cap_evicts_the_longest_idle_connections_of_the_
     for s in &mut newcomers {
         assert!(get_on(s, "/healthz/live").await.is_some());
     }
+    // Counted before the evicted connection closes; the metrics request itself, one more
+    // connection, may have evicted another.
+    let evicted = agent
+        .metric(r#"credvend_connections_closed_total{listener="health",reason="evicted"}"#)
+        .await;
+    assert!(evicted.is_some_and(|n| n >= NEW as f64), "{evicted:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -158,15 +158,26 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         refresh::os_unit,
         stop_rx.clone(),
     ));
+    let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
     let creds_server = tokio::spawn(serve_sync(
         creds_listener,
-        crate::server::Limits::agent_credentials(),
+        crate::server::Port {
+            name: "credentials",
+            limits: crate::server::Limits::agent_credentials(),
+            tls: None,
+            metrics: server_metrics.clone(),
+        },
         credentials_handler(auth, cache.clone(), metrics.clone()),
         crate::server::stopped(stop_rx.clone()),
     ));
     let health_server = tokio::spawn(serve_sync(
         metrics_listener,
-        crate::server::Limits::health(HEALTH_CONNECTIONS),
+        crate::server::Port {
+            name: "health",
+            limits: crate::server::Limits::health(HEALTH_CONNECTIONS),
+            tls: None,
+            metrics: server_metrics,
+        },
         health_handler(cache, metrics),
         crate::server::stopped(stop_rx),
     ));
@@ -193,12 +204,12 @@ const HEALTH_CONNECTIONS: usize = 64;
 /// and never read a request body.
 type Handler = Arc<dyn Fn(&::http::request::Parts) -> Response<Full<Bytes>> + Send + Sync>;
 
-/// Serves `handler` on `listener` within `limits`. SIGTERM reaches a native sidecar only
+/// Serves `handler` on `listener` as `port` says. SIGTERM reaches a native sidecar only
 /// after the pod's app containers have exited, so there is no one to wait for: the agent
 /// stops accepting at once and drains.
 async fn serve_sync(
     listener: TcpListener,
-    limits: crate::server::Limits,
+    port: crate::server::Port,
     handler: Handler,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -209,8 +220,7 @@ async fn serve_sync(
     };
     crate::server::serve(
         listener,
-        limits,
-        None,
+        port,
         crate::server::Leaving::new(),
         service,
         shutdown,

@@ -220,6 +220,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         .unwrap_or_else(|| "credvend-operator".to_owned());
     let metrics = OperatorMetrics::new()?;
     let tls_metrics = TlsMetrics::register(&metrics.registry)?;
+    let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
     let client = kube::Client::try_default().await?;
     let webhook_listener = crate::server::bind(args.webhook_listen, "webhook").await?;
     let metrics_listener = crate::server::bind(args.metrics_listen, "metrics").await?;
@@ -266,6 +267,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         webhook_listener,
         server_config,
         admission,
+        server_metrics.clone(),
         leaving.clone(),
         crate::server::stopped(stop_rx.clone()),
     ));
@@ -283,6 +285,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         stores.clone(),
         synced,
         metrics.clone(),
+        server_metrics,
         leaving.clone(),
         crate::server::stopped(stop_rx.clone()),
     ));
@@ -354,6 +357,7 @@ async fn serve_health(
     stores: controller::Stores,
     synced: Arc<AtomicBool>,
     metrics: OperatorMetrics,
+    server_metrics: crate::server::ServerMetrics,
     leaving: crate::server::Leaving,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -379,13 +383,11 @@ async fn serve_health(
         };
         std::future::ready(resp)
     };
-    crate::server::serve(
-        listener,
-        crate::server::Limits::health(HEALTH_CONNECTIONS),
-        None,
-        leaving,
-        service,
-        shutdown,
-    )
-    .await;
+    let port = crate::server::Port {
+        name: "health",
+        limits: crate::server::Limits::health(HEALTH_CONNECTIONS),
+        tls: None,
+        metrics: server_metrics,
+    };
+    crate::server::serve(listener, port, leaving, service, shutdown).await;
 }

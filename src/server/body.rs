@@ -35,6 +35,16 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "too_large",
+            BodyError::TimedOut(_) => "timed_out",
+            BodyError::Busy => "busy",
+            BodyError::Client(_) => "client_error",
+        }
+    }
+
     /// The status a client gets.
     pub fn status(&self) -> StatusCode {
         match self {

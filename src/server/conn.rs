@@ -31,7 +31,9 @@ use super::shutdown::Leaving;
 use super::table::{Entry, Phase, Slot, Table};
 
 /// What every connection of a port shares.
-pub struct Port<S> {
+pub struct Shared<S> {
+    pub name: &'static str,
+    pub metrics: super::ServerMetrics,
     pub limits: Limits,
     pub tls: Option<TlsAcceptor>,
     pub service: S,
@@ -41,7 +43,7 @@ pub struct Port<S> {
 }
 
 /// Serves one accepted connection until it closes, times out or is evicted.
-pub async fn run<S, Fut>(port: Arc<Port<S>>, stream: TcpStream, entry: Entry, watcher: Watcher)
+pub async fn run<S, Fut>(port: Arc<Shared<S>>, stream: TcpStream, entry: Entry, watcher: Watcher)
 where
     S: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -61,14 +63,16 @@ where
     };
     tokio::select! {
         () = work => {}
-        ended = watchdog(&slot, &port.limits) => {
-            tracing::debug!(reason = ended, "connection closed by the server");
+        reason = watchdog(&slot, &port.limits) => {
+            port.metrics.closed.with_label_values(&[port.name, reason]).inc();
+            tracing::debug!(listener = port.name, reason, "connection closed by the server");
         }
     }
     drop(entry);
 }
 
-/// Resolves when the connection must end: its phase's deadline passed, or it was evicted.
+/// Resolves when the connection must end, with the reason (a metric label): its phase's
+/// deadline passed, or the table evicted it (for a new connection or a body's budget).
 async fn watchdog(slot: &Slot, limits: &Limits) -> &'static str {
     loop {
         let (phase, since) = slot.phase();
@@ -82,21 +86,20 @@ async fn watchdog(slot: &Slot, limits: &Limits) -> &'static str {
             () = sleep => {
                 if slot.phase() == (phase, since) {
                     return match phase {
-                        Phase::Handshake => "TLS handshake timed out",
-                        Phase::Head => "request head timed out",
-                        Phase::Idle => "idle keep-alive timed out",
-                        Phase::Body => "request body timed out",
-                        Phase::Handler => "handler timed out",
+                        Phase::Handshake => "handshake_timeout",
+                        Phase::Head => "head_timeout",
+                        Phase::Idle => "idle_timeout",
+                        Phase::Body | Phase::Handler => "body_timeout",
                     };
                 }
             }
             () = slot.changed.notified() => {}
-            () = slot.evicted.notified() => return "evicted to make room for a new connection",
+            () = slot.evicted.notified() => return "evicted",
         }
     }
 }
 
-async fn http<S, Fut, IO>(port: Arc<Port<S>>, slot: Arc<Slot>, io: IO, watcher: Watcher)
+async fn http<S, Fut, IO>(port: Arc<Shared<S>>, slot: Arc<Slot>, io: IO, watcher: Watcher)
 where
     S: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -126,7 +129,7 @@ where
 
 /// One request: its body read within bounds, the handler, and the phase kept current.
 async fn respond<S, Fut>(
-    port: &Port<S>,
+    port: &Shared<S>,
     slot: &Slot,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>>
@@ -153,7 +156,11 @@ where
                     resp
                 }
                 Err(err) => {
-                    tracing::debug!(error = %err, "request body refused");
+                    port.metrics
+                        .bodies_refused
+                        .with_label_values(&[port.name, err.label()])
+                        .inc();
+                    tracing::debug!(listener = port.name, error = %err, "request body refused");
                     let mut resp = super::text(err.status(), err.to_string());
                     close(&mut resp);
                     resp

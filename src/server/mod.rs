@@ -21,6 +21,7 @@ mod body;
 mod conn;
 pub mod limits;
 mod listen;
+mod metrics;
 mod shutdown;
 mod table;
 
@@ -37,19 +38,29 @@ use tokio_rustls::TlsAcceptor;
 
 pub use self::limits::{BodyLimits, Limits};
 pub use self::listen::{BindError, bind};
+pub use self::metrics::ServerMetrics;
 pub use self::shutdown::{Leaving, stopped, termination_signal};
 
 use self::body::Budget;
-use self::conn::Port;
+use self::conn::Shared;
 use self::table::{Phase, Table};
 
-/// Serves `service` on `listener` (over TLS when `tls` is given) within `limits` until
-/// `shutdown` resolves, then drains in-flight requests for up to the drain timeout.
-/// While `leaving` is set, every response closes its connection.
+/// One listening port as the caller describes it.
+pub struct Port {
+    /// Names the port in metrics and logs (`credentials`, `health`, `webhook`).
+    pub name: &'static str,
+    pub limits: Limits,
+    /// Serve over TLS with this acceptor.
+    pub tls: Option<TlsAcceptor>,
+    pub metrics: ServerMetrics,
+}
+
+/// Serves `service` on `listener` as `port` says until `shutdown` resolves, then drains
+/// in-flight requests for up to the drain timeout. While `leaving` is set, every response
+/// closes its connection.
 pub async fn serve<S, Fut>(
     listener: TcpListener,
-    limits: Limits,
-    tls: Option<TlsAcceptor>,
+    port: Port,
     leaving: Leaving,
     service: S,
     shutdown: impl Future<Output = ()>,
@@ -57,13 +68,21 @@ pub async fn serve<S, Fut>(
     S: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let Port {
+        name,
+        limits,
+        tls,
+        metrics,
+    } = port;
     let first_phase = if tls.is_some() {
         Phase::Handshake
     } else {
         Phase::Head
     };
     let drain_timeout = limits.drain_timeout;
-    let port = Arc::new(Port {
+    let port = Arc::new(Shared {
+        name,
+        metrics,
         table: Table::new(limits.max_connections),
         budget: limits.body.clone().map(Budget::new),
         limits,
@@ -91,7 +110,10 @@ pub async fn serve<S, Fut>(
             let freed = port.table.freed.notified();
             if let Some((entry, evicted)) = port.table.admit(peer.ip(), first_phase) {
                 if evicted {
-                    tracing::debug!("port full: evicted the longest-waiting connection");
+                    tracing::debug!(
+                        listener = name,
+                        "port full: evicted the longest-waiting connection"
+                    );
                 }
                 break Some(entry);
             }
@@ -107,6 +129,7 @@ pub async fn serve<S, Fut>(
     }
     drop(listener);
     tracing::debug!(
+        listener = name,
         connections = graceful.count(),
         "stopped accepting; draining connections"
     );
@@ -114,7 +137,10 @@ pub async fn serve<S, Fut>(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain timeout; closing them");
+        tracing::warn!(
+            listener = name,
+            "connections still open after the drain timeout; closing them"
+        );
     }
 }
 

@@ -28,6 +28,7 @@ pub async fn serve<B: BindingSource + 'static>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     admission: Arc<Admission<B>>,
+    server_metrics: crate::server::ServerMetrics,
     leaving: crate::server::Leaving,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -35,15 +36,13 @@ pub async fn serve<B: BindingSource + 'static>(
         let admission = admission.clone();
         async move { handle(req, &admission).await }
     };
-    crate::server::serve(
-        listener,
-        crate::server::Limits::webhook(),
-        Some(TlsAcceptor::from(tls)),
-        leaving,
-        service,
-        shutdown,
-    )
-    .await;
+    let port = crate::server::Port {
+        name: "webhook",
+        limits: crate::server::Limits::webhook(),
+        tls: Some(TlsAcceptor::from(tls)),
+        metrics: server_metrics,
+    };
+    crate::server::serve(listener, port, leaving, service, shutdown).await;
 }
 
 async fn handle<B: BindingSource>(
