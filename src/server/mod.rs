@@ -8,10 +8,14 @@
 //! keep-alive, request body (`conn`) — and a per-request size and a per-port budget of body
 //! bytes (`body`). Memory is therefore bounded by the limits, not by the clients.
 //!
-//! hyper drives each connection; hyper-util's `GracefulShutdown` drains them: on shutdown the
-//! listener closes, idle connections close, in-flight requests finish (with
-//! `Connection: close`) within the drain timeout. What to answer is the caller's business: a
-//! handler from a request with its whole body to a response.
+//! hyper drives each connection; hyper-util's `GracefulShutdown` drains them (each connection
+//! task holds a `Watcher`, so the drain waits for every one): on shutdown the listener
+//! closes, idle connections close, in-flight requests finish (with `Connection: close`)
+//! within the drain timeout. The accept loop itself is ours because no library offers what
+//! it does: hyper-util serves one connection at a time, tower's limits queue or refuse
+//! instead of evicting, and kubert would bring its own TLS, runtime and flags to the agent as
+//! well. What to answer is the caller's business: a handler from a request with its whole
+//! body to a response.
 //!
 //! Modules: `limits` (the bounds and their presets), `table` (the connections and eviction),
 //! `conn` (one connection: handshake, phases, watchdog), `body` (reading a body within
