@@ -2,20 +2,21 @@
 //! budget of bytes shared by every request of the port.
 //!
 //! Each chunk takes its bytes from the budget before it is kept, and the request holds them
-//! until its response is sent (so the decoded form of the body, which lives as long as the
-//! handler, is bounded by the same count). A sender that stalls in the middle of a body
+//! until its response is sent, so the bodies decoded at once, and the memory their decoded
+//! forms take, are bounded by the same count. A sender that stalls in the middle of a body
 //! holds its bytes until its deadline; when the budget runs short, bodies that have been
 //! arriving for longer than `slow_after` are dropped to make room, oldest first, so a few
 //! stalled senders cannot keep everyone else waiting. Memory of bodies stays below twice
 //! the budget (a growing buffer's spare capacity).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::limits::BodyLimits;
@@ -60,19 +61,58 @@ impl BodyError {
 #[derive(Debug)]
 pub struct Budget {
     limits: BodyLimits,
-    bytes: Arc<Semaphore>,
+    pool: Arc<Pool>,
+}
+
+/// Bytes left in the budget. Not a FIFO semaphore on purpose: bytes freed go to whichever
+/// request asks next, so a small review is not queued behind large bodies waiting for room.
+#[derive(Debug)]
+struct Pool {
+    free: AtomicUsize,
+    freed: Notify,
+}
+
+impl Pool {
+    fn try_take(&self, n: usize) -> bool {
+        let mut free = self.free.load(Ordering::Acquire);
+        loop {
+            let Some(left) = free.checked_sub(n) else {
+                return false;
+            };
+            match self
+                .free
+                .compare_exchange_weak(free, left, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => free = now,
+            }
+        }
+    }
 }
 
 /// Budget bytes held by one request until its response is sent.
 #[derive(Debug)]
 pub struct Held {
-    _permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<Pool>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.pool.free.fetch_add(self.bytes, Ordering::AcqRel);
+            self.pool.freed.notify_waiters();
+        }
+    }
 }
 
 impl Budget {
     pub fn new(limits: BodyLimits) -> Budget {
-        let bytes = Arc::new(Semaphore::new(limits.budget_bytes));
-        Budget { limits, bytes }
+        let pool = Arc::new(Pool {
+            free: AtomicUsize::new(limits.budget_bytes),
+            freed: Notify::new(),
+        });
+        Budget { limits, pool }
     }
 
     /// Reads `body` whole, or says why not. `declared` is the Content-Length, if any.
@@ -90,7 +130,10 @@ impl Budget {
         let deadline = Instant::now() + self.limits.timeout;
         let timed_out = || BodyError::TimedOut(self.limits.timeout);
         let mut buf: Vec<u8> = Vec::new();
-        let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut held = Held {
+            pool: self.pool.clone(),
+            bytes: 0,
+        };
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => return Err(timed_out()),
@@ -107,37 +150,59 @@ impl Budget {
             if buf.len() + data.len() > max {
                 return Err(BodyError::TooLarge { max });
             }
-            let permit = self.take(data.len(), deadline, table, me).await?;
-            me.hold(data.len());
-            match &mut held {
-                Some(all) => all.merge(permit),
-                None => held = Some(permit),
-            }
+            self.take(&mut held, data.len(), deadline, table, me)
+                .await?;
             buf.extend_from_slice(&data);
         }
         me.release();
-        Ok((Bytes::from(buf), Held { _permit: held }))
+        Ok((Bytes::from(buf), held))
     }
 
+    /// Adds `n` bytes to `held`, making room by dropping slow bodies if the budget is spent,
+    /// or fails with `Busy` at the deadline.
     async fn take(
         &self,
+        held: &mut Held,
         n: usize,
         deadline: Instant,
         table: &Table,
         me: &Slot,
-    ) -> Result<OwnedSemaphorePermit, BodyError> {
-        // `n` is at most `max_bytes` (checked by the caller), far below u32::MAX.
-        let want = u32::try_from(n).map_err(|_| BodyError::TooLarge {
-            max: self.limits.max_bytes,
-        })?;
-        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(want) {
-            return Ok(permit);
+    ) -> Result<(), BodyError> {
+        loop {
+            // Registered before the check, so bytes freed in between are not missed.
+            let freed = self.pool.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.pool.try_take(n) {
+                held.bytes += n;
+                me.hold(n);
+                return Ok(());
+            }
+            table.evict_slow_bodies(me, n, self.limits.slow_after);
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(BodyError::Busy);
+            }
         }
-        table.evict_slow_bodies(me, n, self.limits.slow_after);
-        match tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(want)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed.
-            Ok(Err(_)) | Err(_) => Err(BodyError::Busy),
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_taken_whole_or_not_at_all_and_comes_back_on_drop() {
+        let pool = Arc::new(Pool {
+            free: AtomicUsize::new(100),
+            freed: Notify::new(),
+        });
+        assert!(pool.try_take(60));
+        assert!(!pool.try_take(60), "only 40 left");
+        let held = Held {
+            pool: pool.clone(),
+            bytes: 60,
+        };
+        drop(held);
+        assert!(pool.try_take(100));
     }
 }
