@@ -498,9 +498,15 @@ fn operator_runs_locked_down_and_highly_available() {
         "--agent-memory-limit=64Mi",
         "--token-expiration-seconds=3600",
         "--log-format=json",
+        "--shutdown-delay=5s",
     ] {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");
     }
+    // The grace period covers the shutdown delay and the 10 s drain.
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        20
+    );
     // Unset defaults stay unset rather than becoming empty flags.
     assert!(!args.iter().any(|a| a.starts_with("--default-region")));
     assert!(!args.iter().any(|a| a.starts_with("--tls-cert-file")));

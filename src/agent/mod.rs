@@ -158,13 +158,26 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         refresh::os_unit,
         stop_rx.clone(),
     ));
+    let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
     let creds_server = tokio::spawn(serve_sync(
         creds_listener,
+        crate::server::Port {
+            name: "credentials",
+            limits: crate::server::Limits::agent_credentials(),
+            tls: None,
+            metrics: server_metrics.clone(),
+        },
         credentials_handler(auth, cache.clone(), metrics.clone()),
         crate::server::stopped(stop_rx.clone()),
     ));
     let health_server = tokio::spawn(serve_sync(
         metrics_listener,
+        crate::server::Port {
+            name: "health",
+            limits: crate::server::Limits::health(HEALTH_CONNECTIONS),
+            tls: None,
+            metrics: server_metrics,
+        },
         health_handler(cache, metrics),
         crate::server::stopped(stop_rx),
     ));
@@ -182,17 +195,37 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Connections of the health port (on all addresses): the kubelet's probes and a scraper
+/// need a handful; any pod can reach the port, and with eviction a flood of connections
+/// costs the probes nothing but memory, which this bounds (about 20 KiB a connection).
+const HEALTH_CONNECTIONS: usize = 64;
+
 /// Answers one request from its head: both agent listeners answer from memory, synchronously,
 /// and never read a request body.
 type Handler = Arc<dyn Fn(&::http::request::Parts) -> Response<Full<Bytes>> + Send + Sync>;
 
-async fn serve_sync(listener: TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
-    let service = move |req: ::http::Request<hyper::body::Incoming>| {
+/// Serves `handler` on `listener` as `port` says. SIGTERM reaches a native sidecar only
+/// after the pod's app containers have exited, so there is no one to wait for: the agent
+/// stops accepting at once and drains.
+async fn serve_sync(
+    listener: TcpListener,
+    port: crate::server::Port,
+    handler: Handler,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = move |req: ::http::Request<Bytes>| {
         let (parts, _body) = req.into_parts();
         let resp = handler(&parts);
         std::future::ready(resp)
     };
-    crate::server::serve(listener, None, service, shutdown).await;
+    crate::server::serve(
+        listener,
+        port,
+        crate::server::Leaving::new(),
+        service,
+        shutdown,
+    )
+    .await;
 }
 
 fn credentials_handler(

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use http::StatusCode;
@@ -151,6 +152,13 @@ pub struct OperatorArgs {
     #[arg(long, env = "CREDVEND_DEFAULT_STS_ENDPOINT")]
     pub default_sts_endpoint: Option<String>,
 
+    /// On SIGTERM, how long to keep answering with readiness failing before the listeners
+    /// close, so that the Service's endpoints and the API server's pooled connections move
+    /// to other replicas first; in-flight requests then get up to 10 s to finish. The
+    /// chart's terminationGracePeriodSeconds covers both.
+    #[arg(long, env = "CREDVEND_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// Log format.
     #[arg(long, env = "CREDVEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -212,6 +220,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         .unwrap_or_else(|| "credvend-operator".to_owned());
     let metrics = OperatorMetrics::new()?;
     let tls_metrics = TlsMetrics::register(&metrics.registry)?;
+    let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
     let client = kube::Client::try_default().await?;
     let webhook_listener = crate::server::bind(args.webhook_listen, "webhook").await?;
     let metrics_listener = crate::server::bind(args.metrics_listen, "metrics").await?;
@@ -245,6 +254,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let leaving = crate::server::Leaving::new();
     let admission = Arc::new(Admission {
         bindings: StoreAndApi {
             store: stores.bindings.clone(),
@@ -257,6 +267,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         webhook_listener,
         server_config,
         admission,
+        server_metrics.clone(),
+        leaving.clone(),
         crate::server::stopped(stop_rx.clone()),
     ));
     let synced = Arc::new(AtomicBool::new(false));
@@ -273,6 +285,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         stores.clone(),
         synced,
         metrics.clone(),
+        server_metrics,
+        leaving.clone(),
         crate::server::stopped(stop_rx.clone()),
     ));
     let reconciler = {
@@ -308,7 +322,19 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     crate::server::termination_signal()
         .await
         .map_err(OperatorError::Signal)?;
-    tracing::info!("shutting down");
+    // Leave as a replica behind a Service must: unready first, still answering while the
+    // endpoints and pooled connections move away, then stop accepting and drain.
+    leaving.start();
+    tracing::info!(
+        delay = %humantime::format_duration(args.shutdown_delay),
+        "shutting down: not ready, answering until the delay ends, then draining"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(args.shutdown_delay) => {}
+        // A second signal (Ctrl-C twice) skips the wait.
+        _ = crate::server::termination_signal() => {}
+    }
+    tracing::info!("closing the listeners; draining in-flight requests");
     let _ = stop_tx.send(true);
     for task in [webhook, health, reconciler] {
         if let Err(err) = task.await {
@@ -320,17 +346,27 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     Ok(())
 }
 
+/// Connections of the operator's health port: the kubelet's probes and a scraper.
+const HEALTH_CONNECTIONS: usize = 64;
+
 /// `/metrics`, `/healthz/live`, and `/healthz/ready` (ready once the bindings cache has its
-/// first full list, so the webhook does not decide from an empty store).
+/// first full list, so the webhook does not decide from an empty store, and no longer once
+/// the process is leaving).
 async fn serve_health(
     listener: TcpListener,
     stores: controller::Stores,
     synced: Arc<AtomicBool>,
     metrics: OperatorMetrics,
+    server_metrics: crate::server::ServerMetrics,
+    leaving: crate::server::Leaving,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let service = move |req: http::Request<hyper::body::Incoming>| {
+    let readiness = leaving.clone();
+    let service = move |req: http::Request<bytes::Bytes>| {
         let resp = match req.uri().path() {
+            "/healthz/ready" if readiness.is_set() => {
+                crate::server::plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
+            }
             "/metrics" => {
                 controller::record_binding_metrics(&stores.bindings, &metrics);
                 crate::server::metrics_page(&metrics.registry)
@@ -347,5 +383,11 @@ async fn serve_health(
         };
         std::future::ready(resp)
     };
-    crate::server::serve(listener, None, service, shutdown).await;
+    let port = crate::server::Port {
+        name: "health",
+        limits: crate::server::Limits::health(HEALTH_CONNECTIONS),
+        tls: None,
+        metrics: server_metrics,
+    };
+    crate::server::serve(listener, port, leaving, service, shutdown).await;
 }

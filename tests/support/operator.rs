@@ -44,6 +44,32 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Sends SIGTERM (what the kubelet sends), without waiting.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+    /// The exit status, once the process has exited by itself within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -83,6 +109,7 @@ pub struct Installed {
     /// The MutatingWebhookConfiguration's name.
     pub webhook_config: String,
     pub metrics_port: u16,
+    pub webhook_port: u16,
     pub operator: Proc,
 }
 
@@ -90,6 +117,17 @@ pub struct Installed {
 /// Deployment's own args (listen addresses moved to loopback) and the chart's service account
 /// identity, so the chart's flags and RBAC are what is tested.
 pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installed {
+    install_with(cp, client, dir, &[]).await
+}
+
+/// [`install`], with `extra_args` (`--flag=value`) replacing or added to the chart's operator
+/// args.
+pub async fn install_with(
+    cp: &ControlPlane,
+    client: &Client,
+    dir: &Path,
+    extra_args: &[&str],
+) -> Installed {
     let release = k8s::unique_name("rel");
     let release_ns = k8s::unique_name("credvend-system");
     k8s::create_namespace(client, &release_ns).await.unwrap();
@@ -123,6 +161,12 @@ pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installe
     args.push("--pod-name=operator-0".into());
     args.push("--agent-image=credvend:test".into());
     args.retain(|a| !a.starts_with("--agent-image=") || a == "--agent-image=credvend:test");
+    // An extra `--flag=value` replaces the chart's value of that flag.
+    let flag = |a: &str| a.split_once('=').map(|(f, _)| f.to_owned());
+    args.retain(|a| {
+        flag(a).is_none_or(|f| !extra_args.iter().any(|e| flag(e).as_deref() == Some(&f)))
+    });
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let webhook_config = chart_args
         .iter()
         .find_map(|a| a.strip_prefix("--webhook-config-name="))
@@ -149,6 +193,7 @@ pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installe
     let installed = Installed {
         webhook_config,
         metrics_port,
+        webhook_port,
         operator,
     };
     wait_ready(
