@@ -324,10 +324,10 @@ fn cell_text(cell: &Cell, case: &Case, sdk: Sdk, notes: &mut Vec<String>) -> Str
         _ => {}
     }
     let mut note = Vec::new();
-    if verdict == Verdict::Departs {
-        if let Some(why) = cell.expect.recorded.as_ref().and_then(|r| r.why) {
-            note.push(format!("departs from ENDPOINT.md: {why}"));
-        }
+    if let (Verdict::Departs, Some(why)) =
+        (verdict, cell.expect.recorded.as_ref().and_then(|r| r.why))
+    {
+        note.push(format!("departs from ENDPOINT.md: {why}"));
     }
     if verdict == Verdict::Unexpected {
         note.push(format!("expected {}", cell.expectation()));
