@@ -8,7 +8,9 @@
 //! same shape the library test builds) is created through the webhook. The stored pod must
 //! equal the golden patch applied to the input, as the same API server stores that (a dry-run
 //! create of the expected pod, which the webhook skips as already injected), so both sides
-//! get the same defaulting and only credvend's part can differ.
+//! get the same defaulting and only credvend's part can differ. Both run with
+//! `automountServiceAccountToken: false`: the ServiceAccount plugin's token volume would come
+//! before credvend's on one side and after it on the other.
 //!
 //! The case list is the golden directory itself: a new golden without an input here fails.
 //! The newest release is the one every other test runs; the oldest is built from
@@ -162,6 +164,14 @@ async fn check(client: &kube::Client, namespace: &str, case: &Case) -> Result<()
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let input_pod: Pod = serde_json::from_value(input).map_err(|e| e.to_string())?;
+    let stored = create_injected(&pods, &input_pod).await;
+    let stored = pods
+        .get(&stored.metadata.name.clone().unwrap())
+        .await
+        .unwrap();
+    // Under another name, since web-0 now exists; the name is in no field credvend sets.
+    expected["metadata"]["name"] = json!("web-0-golden");
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
@@ -171,12 +181,6 @@ async fn check(client: &kube::Client, namespace: &str, case: &Case) -> Result<()
         .create(&dry_run, &expected_pod)
         .await
         .map_err(|e| format!("the golden result itself is refused: {e}"))?;
-    let input_pod: Pod = serde_json::from_value(input).map_err(|e| e.to_string())?;
-    let stored = create_injected(&pods, &input_pod).await;
-    let stored = pods
-        .get(&stored.metadata.name.clone().unwrap())
-        .await
-        .unwrap();
 
     let (want, got) = (comparable(&expected_stored), comparable(&stored));
     if want == got {
