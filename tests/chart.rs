@@ -10,7 +10,8 @@
 //!
 //! helm comes from `CREDVEND_HELM` (set by `make test`) or from `scripts/helm-bin.sh`, which
 //! builds it once; without helm these tests fail rather than skip, because a chart that is
-//! never rendered is a chart that is never tested.
+//! never rendered is a chart that is never tested. The third-party CRDs come the same way from
+//! `CREDVEND_CHART_CRDS` or `scripts/chart-crds.sh`, so no test downloads anything.
 // A test that cannot run its tool has nothing better to do than stop with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
