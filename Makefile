@@ -4,15 +4,24 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
+# $(call installed,SCRIPT): what an installer script prints. An installer that fails stops make
+# right there, with the script's own messages (its stderr is never captured) and this line,
+# instead of an empty path that a test trips over minutes later.
+installed = $(strip $(eval _installed := $(shell $(1)))$(if $(filter 0,$(.SHELLSTATUS)),$(_installed),$(error $(1) failed; its messages are above)))
+
 # Resolved lazily, only by the targets that need them.
-PYTHON = $(shell scripts/venv.sh)
-# Two lines: kube-apiserver, then etcd (see scripts/k8s-bins.sh).
-K8S_BINS = $(shell scripts/k8s-bins.sh)
+PYTHON = $(call installed,scripts/venv.sh)
+# Five lines: kube-apiserver, etcd, kubelet, controller-manager, scheduler (scripts/k8s-bins.sh).
+K8S_BINS = $(call installed,scripts/k8s-bins.sh)
+# The oldest supported release (README "Compatibility"): kube-apiserver, then etcd.
+K8S_OLDEST = $(call installed,scripts/k8s-bins.sh tests/k8s-oldest)
 # The helm CLI the chart tests lint and render with (see scripts/helm-bin.sh).
-HELM = $(shell scripts/helm-bin.sh)
+HELM = $(call installed,scripts/helm-bin.sh)
+# The cert-manager and Prometheus Operator CRDs the chart tests apply (scripts/chart-crds.sh).
+CHART_CRDS = $(call installed,scripts/chart-crds.sh)
 # CREDVEND_SDK_*=path words for the SDK conformance clients (the Rust one is a cargo example,
 # built here because `cargo test --all-targets` compiles examples as tests, not as programs).
-SDK_ENV = $(shell scripts/sdk-clients.sh)
+SDK_ENV = $(call installed,scripts/sdk-clients.sh)
 
 .PHONY: help
 help:
@@ -26,6 +35,10 @@ venv:
 .PHONY: k8s-bins
 k8s-bins:
 	@scripts/k8s-bins.sh >/dev/null
+
+.PHONY: k8s-oldest
+k8s-oldest:
+	@scripts/k8s-bins.sh tests/k8s-oldest >/dev/null
 
 .PHONY: helm-bin
 helm-bin:
@@ -47,10 +60,11 @@ lint:
 	"$$(scripts/cargo-deny.sh)" deny --log-level error check bans licenses sources
 
 .PHONY: test
-test: lint k8s-bins
+test: lint k8s-bins k8s-oldest
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
-	CREDVEND_HELM="$(HELM)" \
+	CREDVEND_KUBE_APISERVER_OLDEST="$(word 1,$(K8S_OLDEST))" CREDVEND_ETCD_OLDEST="$(word 2,$(K8S_OLDEST))" \
+	CREDVEND_HELM="$(HELM)" CREDVEND_CHART_CRDS="$(CHART_CRDS)" \
 	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
 
 .PHONY: demo

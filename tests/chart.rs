@@ -10,7 +10,8 @@
 //!
 //! helm comes from `CREDVEND_HELM` (set by `make test`) or from `scripts/helm-bin.sh`, which
 //! builds it once; without helm these tests fail rather than skip, because a chart that is
-//! never rendered is a chart that is never tested.
+//! never rendered is a chart that is never tested. The third-party CRDs come the same way from
+//! `CREDVEND_CHART_CRDS` or `scripts/chart-crds.sh`, so no test downloads anything.
 // A test that cannot run its tool has nothing better to do than stop with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use credvend::agent::metrics::AgentMetrics;
+use credvend::operator::metrics::OperatorMetrics;
+use credvend::webhook::tls::TlsMetrics;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
@@ -32,29 +35,6 @@ use support::k8s;
 use support::manifests::{API_DEADLINE, apply_all, run_helm};
 
 const CHART: &str = "charts/credvend";
-
-/// The CRDs of the optional features, from the Go modules of their projects (the go command
-/// verifies them against the checksum database). Pinned, so the test does not change under
-/// us; bump them together with the versions the README says the chart is tested with.
-const THIRD_PARTY_CRDS: &[(&str, &str, &[&str])] = &[
-    (
-        "github.com/cert-manager/cert-manager",
-        "v1.21.2",
-        &[
-            "deploy/crds/cert-manager.io_certificates.yaml",
-            "deploy/crds/cert-manager.io_issuers.yaml",
-        ],
-    ),
-    (
-        "github.com/prometheus-operator/prometheus-operator",
-        "v0.85.0",
-        &[
-            "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
-            "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
-            "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
-        ],
-    ),
-];
 
 /// Every optional feature switched on, and every default that has an alternative flipped.
 const ALL_OPTIONS: &[&str] = &[
@@ -67,14 +47,6 @@ const ALL_OPTIONS: &[&str] = &[
     "webhook.failurePolicy=Ignore",
     "webhook.excludeNamespaces={monitoring,istio-system}",
     "agent.defaultRegion=eu-west-1",
-];
-
-/// Operator metrics the alerts and the dashboard use. The operator's registry is not public
-/// API yet, so these are listed here; the agent's are checked against its real registry.
-const OPERATOR_METRICS: &[&str] = &[
-    "credvend_admissions_total",
-    "credvend_admission_duration_seconds",
-    "credvend_webhook_certificate_expiration_timestamp_seconds",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -793,25 +765,35 @@ fn alerts_and_dashboard_use_metrics_that_exist() {
     }
 }
 
-/// The names the agent registers (each labelled family touched once, since an empty vector
-/// is not exported) and the operator's, listed above.
+/// The names the agent's and the operator's registries export (each labelled family touched
+/// once, since an empty vector is not exported): the processes build these same registries.
 fn known_metrics() -> BTreeSet<String> {
-    let metrics = AgentMetrics::new().unwrap();
-    metrics.refresh_total.with_label_values(&["success"]).inc();
-    metrics
-        .sts_errors
-        .with_label_values(&["AccessDenied"])
+    let agent = AgentMetrics::new().unwrap();
+    agent.refresh_total.with_label_values(&["success"]).inc();
+    agent.sts_errors.with_label_values(&["AccessDenied"]).inc();
+    agent.token_errors.with_label_values(&["missing"]).inc();
+    agent.endpoint_requests.with_label_values(&["200"]).inc();
+
+    let operator = OperatorMetrics::new().unwrap();
+    let tls = TlsMetrics::register(&operator.registry).unwrap();
+    operator.reconciles.with_label_values(&["success"]).inc();
+    operator.reconcile_errors.with_label_values(&["kube"]).inc();
+    operator.bindings.with_label_values(&["true"]).set(1);
+    operator
+        .admissions
+        .with_label_values(&["injected", "injected"])
         .inc();
-    metrics.token_errors.with_label_values(&["missing"]).inc();
-    metrics.endpoint_requests.with_label_values(&["200"]).inc();
-    let mut names: BTreeSet<String> = metrics
-        .registry
-        .gather()
+    operator
+        .admission_duration
+        .with_label_values(&["injected"])
+        .observe(0.001);
+    tls.errors.with_label_values(&["renew"]).inc();
+
+    [agent.registry.gather(), operator.registry.gather()]
         .iter()
+        .flatten()
         .map(|family| family.name().to_owned())
-        .collect();
-    names.extend(OPERATOR_METRICS.iter().map(|m| (*m).to_owned()));
-    names
+        .collect()
 }
 
 /// Every `credvend_...` identifier in a PromQL expression.
@@ -971,36 +953,42 @@ async fn create_pod(
     Ok(())
 }
 
-/// The pinned third-party CRDs, read from the module cache (`go mod download` fetches a
-/// module once and prints where it is).
+/// The CRDs of the optional features (cert-manager, the Prometheus Operator): every YAML file
+/// in `CREDVEND_CHART_CRDS`, the directory `scripts/chart-crds.sh` fills from the projects'
+/// pinned Go modules. `make test` passes it; without it the script is run (it is cached, so
+/// only its first run on a machine fetches anything).
 fn third_party_crds() -> anyhow::Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for (module, version, files) in THIRD_PARTY_CRDS {
-        let output = Command::new("go")
-            .args(["mod", "download", "-json", &format!("{module}@{version}")])
-            // Outside any module, so the repository's Go modules play no part.
-            .current_dir(std::env::temp_dir())
-            .output()
-            .context("running `go mod download` for the cert-manager and Prometheus Operator CRDs (Go is needed, as for `make helm-bin`)")?;
-        let info: Value = serde_json::from_slice(&output.stdout).with_context(|| {
-            format!(
-                "go mod download {module}@{version}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
-        ensure!(
-            output.status.success() && info.get("Error").is_none(),
-            "go mod download {module}@{version} failed: {info}"
-        );
-        let dir = PathBuf::from(info["Dir"].as_str().context("no Dir in go's answer")?);
-        for file in *files {
-            let text = std::fs::read_to_string(dir.join(file))
-                .with_context(|| format!("{module}@{version}: reading {file}"))?;
-            docs.extend(
-                serde_saphyr::from_multiple::<Value>(&text)
-                    .with_context(|| format!("{module}@{version}: parsing {file}"))?,
+    let dir = match std::env::var_os("CREDVEND_CHART_CRDS") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let script = repo().join("scripts/chart-crds.sh");
+            let output = Command::new(&script)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("running {}", script.display()))?;
+            ensure!(
+                output.status.success(),
+                "{} failed; CREDVEND_CHART_CRDS is unset (`make test` sets it)",
+                script.display()
             );
+            PathBuf::from(String::from_utf8(output.stdout)?.trim())
         }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading the third-party CRDs in {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|f| f.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    ensure!(!files.is_empty(), "no CRD files in {}", dir.display());
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        docs.extend(
+            serde_saphyr::from_multiple::<Value>(&text)
+                .with_context(|| format!("parsing {}", file.display()))?,
+        );
     }
     Ok(docs)
 }

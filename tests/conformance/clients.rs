@@ -8,6 +8,7 @@
 //! client is this crate's `sdk-client-rust` example, which cargo builds next to the tests.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tempfile::TempDir;
 use tokio::process::Command;
+
+use super::netns::Netns;
 
 /// No client run may take longer than this; a hang is reported, not waited out. Far above the
 /// slowest legitimate run (Java's six retries against a closed port take a few seconds).
@@ -193,25 +196,44 @@ impl Clients {
         })
     }
 
-    fn command(&self, sdk: Sdk) -> Command {
+    /// The program and arguments that run `sdk`'s client.
+    fn program(&self, sdk: Sdk) -> (OsString, Vec<OsString>) {
+        let path = |p: &Path| p.as_os_str().to_owned();
         match sdk {
-            Sdk::Python => {
-                let mut c = Command::new(&self.python);
-                c.arg(self.repo.join("tests/sdk/python/client.py"));
+            Sdk::Python => (
+                path(&self.python),
+                vec![path(&self.repo.join("tests/sdk/python/client.py"))],
+            ),
+            Sdk::Rust => (path(&self.rust), vec![]),
+            Sdk::Go => (path(&self.go), vec![]),
+            // C1 only: a JVM that lives a second starts faster without the optimising compiler.
+            Sdk::Java => (
+                "java".into(),
+                vec![
+                    "-XX:TieredStopAtLevel=1".into(),
+                    "-jar".into(),
+                    path(&self.java_jar),
+                ],
+            ),
+            Sdk::Js => (
+                "node".into(),
+                vec![path(&self.repo.join("tests/sdk/js/client.js"))],
+            ),
+        }
+    }
+
+    /// The client's command, run inside `netns` when given (through `nsenter`).
+    fn command(&self, sdk: Sdk, netns: Option<&Netns>) -> Command {
+        let (program, args) = self.program(sdk);
+        match netns {
+            None => {
+                let mut c = Command::new(program);
+                c.args(args);
                 c
             }
-            Sdk::Rust => Command::new(&self.rust),
-            Sdk::Go => Command::new(&self.go),
-            Sdk::Java => {
-                let mut c = Command::new("java");
-                // C1 only: a JVM that lives a second starts faster without the optimising compiler.
-                c.args(["-XX:TieredStopAtLevel=1", "-jar"])
-                    .arg(&self.java_jar);
-                c
-            }
-            Sdk::Js => {
-                let mut c = Command::new("node");
-                c.arg(self.repo.join("tests/sdk/js/client.js"));
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.args(ns.nsenter_args()).arg(program).args(args);
                 c
             }
         }
@@ -220,7 +242,12 @@ impl Clients {
     /// Runs one client with exactly `env` (plus PATH) and nothing else from this machine: an
     /// empty HOME and empty AWS config files, so no profile, key or instance metadata leaks in.
     pub async fn run(&self, sdk: Sdk, env: &PodEnv) -> Run {
-        match self.try_run(sdk, env).await {
+        self.run_in(sdk, env, None).await
+    }
+
+    /// [`Clients::run`] inside a network namespace of the test's own, when given.
+    pub async fn run_in(&self, sdk: Sdk, env: &PodEnv, netns: Option<&Netns>) -> Run {
+        match self.try_run(sdk, env, netns).await {
             Ok(mut run) => {
                 if sdk == Sdk::Rust {
                     // aws-config has no version constant; the lock file says what was built.
@@ -238,12 +265,12 @@ impl Clients {
         }
     }
 
-    async fn try_run(&self, sdk: Sdk, env: &PodEnv) -> anyhow::Result<Run> {
+    async fn try_run(&self, sdk: Sdk, env: &PodEnv, netns: Option<&Netns>) -> anyhow::Result<Run> {
         let home = TempDir::new()?;
         let (config, credentials) = (home.path().join("config"), home.path().join("credentials"));
         std::fs::write(&config, "")?;
         std::fs::write(&credentials, "")?;
-        let mut cmd = self.command(sdk);
+        let mut cmd = self.command(sdk, netns);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", home.path())

@@ -84,6 +84,11 @@ impl Double {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the test double");
+        Double::serve(listener, behaviour)
+    }
+
+    /// The double on a listener of the caller's (one bound inside a network namespace).
+    pub fn serve(listener: TcpListener, behaviour: Behaviour) -> Double {
         let addr = listener.local_addr().expect("local addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let recorded = requests.clone();
@@ -99,7 +104,7 @@ impl Double {
         }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://<address>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

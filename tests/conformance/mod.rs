@@ -7,7 +7,7 @@
 //! [`double_cases`] document how each SDK reacts to an
 //! endpoint that misbehaves, using [`double`]; [`matrix`] turns every outcome into the table
 //! printed by the test, written to `target/sdk-matrix.md` and spliced into the README by
-//! `scripts/sdk-matrix.sh`. [`stack`] is the thin layer over `tests/support` (moto and the
+//! `scripts/sdk-matrix.sh`. [`netns`] is the network namespace T04 and T10 run in. [`stack`] is the thin layer over `tests/support` (moto and the
 //! agent process), so a change of that API touches one file.
 
 // Test code: a broken precondition (a temp dir, a socket) should stop the run with its message.
@@ -18,6 +18,7 @@ pub mod clients;
 pub mod double;
 pub mod double_cases;
 pub mod matrix;
+pub mod netns;
 pub mod phrases;
 pub mod refresh_cases;
 pub mod stack;

@@ -2,7 +2,7 @@
 //! words that can be compared with what should have happened.
 
 use super::clients::Run;
-use super::matrix::Cell;
+use super::matrix::{Cell, Expect};
 use super::stack::Served;
 
 /// Success and the fetch count, or failure and what the agent answered (`fails after 1×401`).
@@ -43,18 +43,14 @@ pub fn requests(run: &Run, requests: usize) -> String {
     }
 }
 
-/// A cell that passes when the phrases are equal; its note is the error the SDK reported, if
-/// any, because that is the documentation a reader of the matrix wants.
-pub fn cell(run: &Run, observed: String, expected: impl Into<String>) -> Cell {
-    let expected = expected.into();
+/// A cell judged against `expect`; its note is the error the SDK reported, if any, because
+/// that is the documentation a reader of the matrix wants.
+pub fn cell(run: &Run, observed: String, expect: Expect) -> Cell {
     let error = run.report.error_text();
-    Cell {
-        passed: observed == expected,
-        observed,
-        expected,
-        note: (!error.is_empty()).then(|| shorten(error, 220)),
-        version: run.report.version.clone(),
-    }
+    let mut cell = Cell::new(observed, expect);
+    cell.note = (!error.is_empty()).then(|| shorten(error, 220));
+    cell.version = run.report.version.clone();
+    cell
 }
 
 /// One line of at most `max` characters.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::clients::Sdk;
-use super::matrix::{Case, Cell};
+use super::matrix::{Against, Case, Cell, Expect};
 use super::phrases::{cell, fetches, outcome};
 use super::stack::{Agent, AgentOptions, Ctx};
 
@@ -16,7 +16,7 @@ const fn case(id: &'static str, title: &'static str) -> Case {
     Case {
         id,
         title,
-        against: "agent",
+        against: Against::Agent,
         waits: false,
     }
 }
@@ -70,16 +70,18 @@ async fn fetch_count(ctx: &Ctx, sdk: Sdk, duration: Option<&'static str>, calls:
         .run(sdk, &agent.pod_env().calls(calls, Duration::ZERO))
         .await;
     let served = agent.served().await;
+    // ENDPOINT.md: below its window an SDK re-fetches on every call; 900 s credentials are
+    // below botocore's 900 s window from the start (and botocore also resolves them when the
+    // client is created).
     let expected = match (sdk, duration) {
-        // botocore resolves credentials when the client is created, then again on every call.
         (Sdk::Python, Some(_)) => format!("ok, {}", fetches(u64::from(calls) + 1)),
         _ => "ok, 1 fetch".to_owned(),
     };
-    let mut cell = cell(&run, outcome(&run, &served), &expected);
+    let mut cell = cell(&run, outcome(&run, &served), Expect::endpoint_md(expected));
     if sdk == Sdk::Java && duration.is_some() {
-        // 900 s credentials sit at the very edge of Java's jittered 15 min window (see
-        // `expected_fetches`): an extra fetch is rare but allowed.
-        cell.passed |= run.report.ok && served.fetches() <= 2;
+        // 900 s credentials sit at the very edge of older Java's 15 min window, which ENDPOINT.md
+        // gives besides the newest's 300 s (see `expected_fetches`): an extra fetch is allowed.
+        cell.as_endpoint_md |= run.report.ok && served.fetches() <= 2;
     }
     cell
 }
@@ -88,8 +90,8 @@ async fn fetch_count(ctx: &Ctx, sdk: Sdk, duration: Option<&'static str>, calls:
 /// over 3 calls for each lifetime, against each SDK's refresh window.
 async fn lifetimes(ctx: &Ctx, sdk: Sdk) -> Cell {
     let mut observed = Vec::new();
-    let mut expected = Vec::new();
-    let mut passed = true;
+    let (mut expected, mut recorded) = (Vec::new(), Vec::new());
+    let (mut as_endpoint_md, mut as_recorded) = (true, true);
     let mut last_run = None;
     for lifetime in SHORT_LIFETIMES {
         let agent = Agent::start(ctx.peer(lifetime), AgentOptions::default()).await;
@@ -98,43 +100,76 @@ async fn lifetimes(ctx: &Ctx, sdk: Sdk) -> Cell {
             .await;
         let served = agent.served().await;
         let (low, high) = expected_fetches(sdk, lifetime, 3);
-        passed &= run.report.ok && (low..=high).contains(&served.fetches());
+        let (seen_low, seen_high) = recorded_fetches(sdk, lifetime, 3).unwrap_or((low, high));
+        as_endpoint_md &= run.report.ok && (low..=high).contains(&served.fetches());
+        as_recorded &= run.report.ok && (seen_low..=seen_high).contains(&served.fetches());
         let count = if run.report.ok {
             served.fetches().to_string()
         } else {
             "fails".into()
         };
         observed.push(format!("{lifetime}s: {count}"));
-        let range = if low == high {
-            low.to_string()
-        } else {
-            format!("{low}–{high}")
-        };
-        expected.push(format!("{lifetime}s: {range}"));
+        expected.push(format!("{lifetime}s: {}", range(low, high)));
+        recorded.push(format!("{lifetime}s: {}", range(seen_low, seen_high)));
         last_run = Some(run);
     }
     let run = last_run.expect("at least one lifetime");
-    let mut cell = cell(&run, observed.join(", "), expected.join(", "));
-    cell.passed = passed;
+    let expect = if SHORT_LIFETIMES
+        .iter()
+        .any(|&l| recorded_fetches(sdk, l, 3).is_some())
+    {
+        Expect::departs(
+            expected.join(", "),
+            recorded.join(", "),
+            match sdk {
+                Sdk::Js => {
+                    "JS checks expiry in two memoizing layers (the client's identity cache and the provider chain's): now and then one call costs two fetches"
+                }
+                _ => {
+                    "Java 2.57 prefetches at a random moment between 15 and 2 minutes before expiry (its cache jitters the prefetch), so below 15 minutes a call may or may not re-fetch"
+                }
+            },
+        )
+    } else {
+        Expect::endpoint_md(expected.join(", "))
+    };
+    let mut cell = cell(&run, observed.join(", "), expect);
+    cell.as_endpoint_md = as_endpoint_md;
+    if cell.as_recorded.is_some() {
+        cell.as_recorded = Some(as_recorded);
+    }
     cell
 }
 
-/// Fetches over `calls` calls of credentials that live `lifetime` seconds: below its window an
-/// SDK re-fetches on every call (a lifetime equal to the window is already below it when the
-/// first call checks).
+fn range(low: u64, high: u64) -> String {
+    if low == high {
+        low.to_string()
+    } else {
+        format!("{low}–{high}")
+    }
+}
+
+/// ENDPOINT.md's fetches over `calls` calls of credentials that live `lifetime` seconds: below
+/// its window (botocore 900 s, Go and JS 300 s, Java 300 s or, older, 900 s, Rust about 10 s)
+/// an SDK re-fetches on every call; a lifetime equal to the window is already below it when the
+/// first call checks.
 fn expected_fetches(sdk: Sdk, lifetime: u64, calls: u64) -> (u64, u64) {
     match sdk {
         // botocore: also once when the client is created.
         Sdk::Python if lifetime <= 900 => (calls + 1, calls + 1),
-        Sdk::Go if lifetime <= 300 => (calls, calls),
-        // JS checks expiry in two memoizing layers (the client's identity cache and the
-        // provider chain's); now and then one call costs two fetches.
-        Sdk::Js if lifetime <= 300 => (calls, calls + 1),
-        // Java 2.57 prefetches from 15 min before expiry, but at a random moment between that
-        // and 2 min before expiry (its cache jitters the prefetch time): below 15 min each
-        // call may or may not re-fetch. ENDPOINT.md's 300 s is newer Java.
+        Sdk::Go | Sdk::Js | Sdk::Java if lifetime <= 300 => (calls, calls),
+        // Either Java generation: the newest fetches once, the older on every call.
         Sdk::Java if lifetime < 900 => (1, calls),
         _ => (1, 1),
+    }
+}
+
+/// Where an SDK was seen to depart from [`expected_fetches`]: the range it keeps to instead.
+fn recorded_fetches(sdk: Sdk, lifetime: u64, calls: u64) -> Option<(u64, u64)> {
+    match sdk {
+        Sdk::Js if lifetime <= 300 => Some((calls, calls + 1)),
+        Sdk::Java if lifetime <= 300 => Some((1, calls)),
+        _ => None,
     }
 }
 
@@ -153,7 +188,11 @@ async fn refresh_while_running(ctx: &Ctx, sdk: Sdk) -> Cell {
     } else {
         format!("{} of 24 calls failed", 24 - run.report.succeeded)
     };
-    let mut cell = cell(&run, observed, "ok, new credentials picked up");
+    let mut cell = cell(
+        &run,
+        observed,
+        Expect::endpoint_md("ok, new credentials picked up"),
+    );
     cell.note = Some(format!(
         "{keys} access keys over 24 calls, {} fetches",
         agent.served().await.fetches()

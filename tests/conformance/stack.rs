@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::clients::{Clients, PodEnv, Run, Sdk};
+use super::netns::Netns;
 use crate::support::agent::{self, AgentProcess};
 use crate::support::http;
 use crate::support::sts::StsPeer;
@@ -65,6 +66,11 @@ impl Ctx {
 
     pub async fn run(&self, sdk: Sdk, env: &PodEnv) -> Run {
         self.clients.run(sdk, env).await
+    }
+
+    /// [`Ctx::run`] inside a network namespace of the test's own.
+    pub async fn run_in(&self, sdk: Sdk, env: &PodEnv, netns: &Netns) -> Run {
+        self.clients.run_in(sdk, env, Some(netns)).await
     }
 }
 

@@ -10,7 +10,10 @@
 //! and it rejects pods whose service account does not exist.
 //!
 //! The binaries come from `CREDVEND_KUBE_APISERVER` and `CREDVEND_ETCD` (set by `make test`);
-//! when both are unset, `scripts/k8s-bins.sh` builds or finds them. Startup takes a few seconds,
+//! when both are unset, `scripts/k8s-bins.sh` builds or finds them. That is the newest supported
+//! release; [`ControlPlane::start_release`] with [`Release::Oldest`] runs the oldest (README
+//! "Compatibility"), from `CREDVEND_KUBE_APISERVER_OLDEST`/`CREDVEND_ETCD_OLDEST` or
+//! `scripts/k8s-bins.sh tests/k8s-oldest`. Startup takes a few seconds,
 //! so tests normally share one control plane per test binary through [`shared`] and keep out of
 //! each other's way with [`unique_name`]d namespaces; [`ControlPlane::start`] gives a private one.
 //! Processes and files go away on drop (also when a test panics) and, for the shared instance
@@ -51,6 +54,34 @@ const SERVICE_IP: &str = "10.0.0.1";
 
 static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
 static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
+static OLDEST_BINARIES: OnceCell<Binaries> = OnceCell::const_new();
+
+/// Which end of the supported Kubernetes range a control plane runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// tests/k8s: what every test runs.
+    Newest,
+    /// tests/k8s-oldest: the oldest release the README claims, for the admission end-to-end.
+    Oldest,
+}
+
+impl Release {
+    /// Suffix of the environment variables naming its binaries.
+    fn env_suffix(self) -> &'static str {
+        match self {
+            Release::Newest => "",
+            Release::Oldest => "_OLDEST",
+        }
+    }
+
+    /// The argument `scripts/k8s-bins.sh` builds it with.
+    fn module(self) -> Option<&'static str> {
+        match self {
+            Release::Newest => None,
+            Release::Oldest => Some("tests/k8s-oldest"),
+        }
+    }
+}
 
 /// The control plane shared by all tests of the current test binary, started on first use.
 ///
@@ -82,7 +113,12 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a private control plane and waits until kube-apiserver reports ready.
     pub async fn start() -> anyhow::Result<Self> {
-        let bins = binaries().await?;
+        Self::start_release(Release::Newest).await
+    }
+
+    /// [`ControlPlane::start`] with the binaries of `release`.
+    pub async fn start_release(release: Release) -> anyhow::Result<Self> {
+        let bins = binaries(release).await?;
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("credvend-k8s-")
@@ -344,50 +380,61 @@ struct Binaries {
     etcd: PathBuf,
 }
 
-/// Finds the binaries once per test process: from the environment (what `make test` passes),
-/// or by running `scripts/k8s-bins.sh`, which builds them the first time.
-async fn binaries() -> anyhow::Result<&'static Binaries> {
-    BINARIES
-        .get_or_try_init(|| async {
-            let (apiserver, etcd) = match (
-                std::env::var_os("CREDVEND_KUBE_APISERVER"),
-                std::env::var_os("CREDVEND_ETCD"),
-            ) {
-                (Some(apiserver), Some(etcd)) => (PathBuf::from(apiserver), PathBuf::from(etcd)),
-                _ => build_binaries().await?,
-            };
-            for (path, var) in [
-                (&apiserver, "CREDVEND_KUBE_APISERVER"),
-                (&etcd, "CREDVEND_ETCD"),
-            ] {
-                ensure!(
-                    path.is_file(),
-                    "{} (from {var}) does not exist; build it with `make k8s-bins`",
-                    path.display()
-                );
-            }
-            Ok(Binaries { apiserver, etcd })
-        })
-        .await
+/// Finds the binaries of `release` once per test process: from the environment (what `make
+/// test` passes), or by running `scripts/k8s-bins.sh`, which builds them the first time.
+async fn binaries(release: Release) -> anyhow::Result<&'static Binaries> {
+    let cell = match release {
+        Release::Newest => &BINARIES,
+        Release::Oldest => &OLDEST_BINARIES,
+    };
+    let apiserver_var = format!("CREDVEND_KUBE_APISERVER{}", release.env_suffix());
+    let etcd_var = format!("CREDVEND_ETCD{}", release.env_suffix());
+    cell.get_or_try_init(|| async {
+        let (apiserver, etcd) = match (
+            std::env::var_os(&apiserver_var),
+            std::env::var_os(&etcd_var),
+        ) {
+            (Some(apiserver), Some(etcd)) => (PathBuf::from(apiserver), PathBuf::from(etcd)),
+            _ => build_binaries(release, &apiserver_var, &etcd_var).await?,
+        };
+        for (path, var) in [(&apiserver, &apiserver_var), (&etcd, &etcd_var)] {
+            ensure!(
+                path.is_file(),
+                "{} (from {var}) does not exist; build it with `make k8s-bins k8s-oldest`",
+                path.display()
+            );
+        }
+        Ok(Binaries { apiserver, etcd })
+    })
+    .await
 }
 
-async fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/k8s-bins.sh");
+async fn build_binaries(
+    release: Release,
+    apiserver_var: &str,
+    etcd_var: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = repo.join("scripts/k8s-bins.sh");
+    let mut command = tokio::process::Command::new(&script);
+    if let Some(module) = release.module() {
+        command.arg(repo.join(module));
+    }
     // stderr is inherited so the (slow) first build shows its progress.
-    let output = tokio::process::Command::new(&script)
+    let output = command
         .stderr(Stdio::inherit())
         .output()
         .await
         .with_context(|| {
             format!(
-                "running {} (CREDVEND_KUBE_APISERVER/CREDVEND_ETCD are unset); \
-                 build the binaries with `make k8s-bins`",
+                "running {} ({apiserver_var}/{etcd_var} are unset); \
+                 build the binaries with `make k8s-bins k8s-oldest`",
                 script.display()
             )
         })?;
     ensure!(
         output.status.success(),
-        "{} failed ({}); build the binaries with `make k8s-bins`",
+        "{} failed ({}); build the binaries with `make k8s-bins k8s-oldest`",
         script.display(),
         output.status
     );
@@ -396,7 +443,7 @@ async fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
     match (lines.next(), lines.next()) {
         (Some(apiserver), Some(etcd)) => Ok((apiserver, etcd)),
         _ => bail!(
-            "{} printed {stdout:?}, not two paths; try `make k8s-bins`",
+            "{} printed {stdout:?}, not two paths; try `make k8s-bins k8s-oldest`",
             script.display()
         ),
     }
