@@ -67,6 +67,7 @@ const ALL_OPTIONS: &[&str] = &[
     "webhook.failurePolicy=Ignore",
     "webhook.excludeNamespaces={monitoring,istio-system}",
     "agent.defaultRegion=eu-west-1",
+    "agent.allowedStsEndpoints={https://sts.*.internal.example,http://127.0.0.1:5000}",
 ];
 
 /// Operator metrics the alerts and the dashboard use. The operator's registry is not public
@@ -382,7 +383,7 @@ fn webhook_sees_only_annotated_pods_outside_system_namespaces() {
     let rules = webhook["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(strings(&rules[0]["resources"]), ["pods"]);
-    assert_eq!(strings(&rules[0]["operations"]), ["CREATE"]);
+    assert_eq!(strings(&rules[0]["operations"]), ["CREATE", "UPDATE"]);
     assert_eq!(strings(&rules[0]["apiGroups"]), [""]);
 
     let conditions = webhook["matchConditions"].as_array().unwrap();
@@ -392,6 +393,9 @@ fn webhook_sees_only_annotated_pods_outside_system_namespaces() {
         "has(object.metadata.annotations)",
         "'credvend.io/inject' in object.metadata.annotations",
         "'credvend.io/binding' in object.metadata.annotations",
+        "'credvend.io/status' in object.metadata.annotations",
+        "'credvend.io/binding' in object.metadata.labels",
+        "oldObject.metadata.labels['credvend.io/binding'] == object.metadata.labels['credvend.io/binding']",
     ] {
         assert!(expression.contains(needle), "{needle} not in {expression}");
     }
@@ -915,6 +919,21 @@ async fn only_annotated_pods_outside_excluded_namespaces_reach_the_webhook() -> 
         rejected.is_err(),
         "a pod with credvend.io/binding must reach the webhook"
     );
+    let forged = create_pod_labelled(&client, &app_namespace, &[], &binding).await;
+    assert!(
+        forged.is_err(),
+        "a pod carrying the credvend.io/binding label must reach the webhook"
+    );
+    let forged = create_pod(
+        &client,
+        &app_namespace,
+        &[("credvend.io/status", "injected")],
+    )
+    .await;
+    assert!(
+        forged.is_err(),
+        "a pod carrying credvend.io/status must reach the webhook"
+    );
 
     for (namespace, annotations, why) in [
         (app_namespace.as_str(), &[][..], "a pod without annotations"),
@@ -947,12 +966,25 @@ async fn create_pod(
     namespace: &str,
     annotations: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
-        .collect();
+    create_pod_labelled(client, namespace, annotations, &[]).await
+}
+
+/// [`create_pod`] with labels as well.
+async fn create_pod_labelled(
+    client: &Client,
+    namespace: &str,
+    annotations: &[(&str, &str)],
+    labels: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect()
+    };
+    let (annotations, labels) = (map(annotations), map(labels));
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": { "generateName": "app-", "annotations": annotations },
+        "metadata": { "generateName": "app-", "annotations": annotations, "labels": labels },
         "spec": { "containers": [{ "name": "app", "image": "example.com/app:1" }] },
     }))?;
     let params = PostParams {
