@@ -4,8 +4,9 @@
 //!
 //! Start here: [`watches`] sets up the two watches every replica needs — all bindings, which
 //! the webhook decides from, and the metadata of the pods the webhook labelled
-//! `credvend.io/binding` — and [`run`] drives them as a kube-runtime `Controller` built on the
-//! bindings store's shared stream, so one watch feeds the webhook's cache and the controller.
+//! `credvend.io/binding` — and [`run`] drives them as a kube-runtime `Controller` over the
+//! bindings store, so one watch feeds the webhook's cache and the controller (the module doc
+//! of `stores` says why not through kube-runtime's shared-store subscription).
 //! What the status says is decided by the pure functions of [`status`]; [`reconcile`] only
 //! reads caches, patches and publishes.
 //!
@@ -130,12 +131,16 @@ pub async fn run(
     let config = Config::default()
         .debounce(DEBOUNCE)
         .concurrency(CONCURRENCY);
-    let results = Controller::for_shared_stream(watches.subscription, stores.bindings.clone())
-        .with_config(config)
-        .reconcile_on(watches.bindings)
-        .reconcile_on(watches.pods)
-        .reconcile_all_on(became_active([bindings_synced, pods_synced, leading]))
-        .run(reconcile, error_policy, context);
+    // Every trigger arrives through `reconcile_on`: the watches' events name the bindings.
+    let results = Controller::for_stream(
+        futures::stream::pending::<Result<AWSRoleBinding, kube::runtime::watcher::Error>>(),
+        stores.bindings.clone(),
+    )
+    .with_config(config)
+    .reconcile_on(watches.bindings)
+    .reconcile_on(watches.pods)
+    .reconcile_all_on(became_active([bindings_synced, pods_synced, leading]))
+    .run(reconcile, error_policy, context);
     tracing::info!("AWSRoleBinding controller started");
     results
         .for_each(|result| async move {

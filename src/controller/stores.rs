@@ -1,13 +1,21 @@
 //! The two watches every replica runs, the caches they fill, and the streams through which
 //! their events reach the controller.
 //!
-//! One watch of bindings (all namespaces) fills a shared reflector store: the webhook reads it
-//! on every admission, and the controller is driven by a subscription to the same store
-//! (kube-runtime's `store_shared` / `Controller::for_shared_stream`), so one watch feeds both.
+//! One watch of bindings (all namespaces) fills a reflector store: the webhook reads it on
+//! every admission, and the same watch's events drive the controller, so one watch feeds both.
 //! One metadata-only watch of the pods labelled `credvend.io/binding` keeps the [`PodIndex`]:
 //! the label is all the count needs. kube-runtime's `watcher` over `Api<PartialObjectMeta<Pod>>`
 //! is its metadata watch (it sends `Accept: …;as=PartialObjectMetadataList`, and the older
 //! `metadata_watcher` is deprecated in its favour); a test below holds it to that.
+//!
+//! Why not kube-runtime's shared store (`store_shared`, `Controller::for_shared_stream`): its
+//! subscriber stream, handed the key of an object deleted before it reads it, returns
+//! `Pending` without arranging to be woken, so inside the controller's `SelectAll` it is never
+//! polled again; its buffer then fills and the watch, held back by backpressure, stops
+//! updating the webhook's cache. Driving the controller from the watch's own events costs
+//! nothing and cannot stall: each event becomes the bindings to reconcile (every binding of the
+//! namespace, since one binding's service account can make another ambiguous, and every
+//! binding after a relist).
 //!
 //! The watches are driven by the controller's task ([`super::run`]), which runs on every
 //! replica for the process's whole life (followers only skip the writes), so the webhook's
@@ -20,7 +28,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt as _, future};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
@@ -28,10 +36,6 @@ use tokio::sync::watch;
 use super::pods::PodIndex;
 use crate::crd::AWSRoleBinding;
 use crate::inject::LABEL_BINDING;
-
-/// Binding notices buffered for the controller's subscription. When it is full, the watch
-/// waits for the controller (backpressure), which only happens while it is very busy.
-const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// What the webhook and the health endpoint read. Cloning is cheap (shared handles).
 #[derive(Clone)]
@@ -83,11 +87,8 @@ impl Stores {
 
 /// The watch streams, to be driven by the controller; see the module documentation.
 pub struct Watches {
-    /// The controller's subscription to the bindings store.
-    pub(super) subscription: ReflectHandle<AWSRoleBinding>,
-    /// The bindings watch itself; yields every binding of a namespace whose bindings changed
-    /// (created, edited, deleted), since one binding's service account can make another
-    /// ambiguous.
+    /// The bindings watch; yields every binding of a namespace whose bindings changed
+    /// (created, edited, deleted), and every binding after a (re)list.
     pub(super) bindings: BoxStream<'static, ObjectRef<AWSRoleBinding>>,
     /// The pod watch; yields the bindings whose pod count changed.
     pub(super) pods: BoxStream<'static, ObjectRef<AWSRoleBinding>>,
@@ -97,11 +98,7 @@ pub struct Watches {
 /// Nothing is requested until the returned [`Watches`] are driven by [`super::run`]; watch
 /// errors are logged and retried with kube-runtime's default backoff.
 pub fn watches(client: Client) -> (Stores, Watches) {
-    let (bindings, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-    // `subscribe` is `Some` for a writer made by `store_shared`.
-    let Some(subscription) = writer.subscribe() else {
-        unreachable!("a shared store always has subscribers")
-    };
+    let (bindings, writer) = reflector::store();
     let (bindings_synced_tx, bindings_synced) = watch::channel(false);
     let (pods_synced_tx, pods_synced) = watch::channel(false);
 
@@ -111,13 +108,16 @@ pub fn watches(client: Client) -> (Stores, Watches) {
         watcher::Config::default(),
     )
     .default_backoff()
-    .reflect_shared(writer)
+    .reflect(writer)
     .filter_map(move |event| {
+        // The store has applied the event already: it holds what the event left.
         let peers = match event {
             Ok(watcher::Event::InitDone) => {
                 bindings_synced_tx.send_replace(true);
-                Vec::new()
+                all(&store)
             }
+            // The relisted objects reach the store at `InitDone`.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Vec::new(),
             Ok(event) => touched(&event)
                 .and_then(|binding| binding.namespace())
                 .map(|namespace| in_namespace(&store, &namespace))
@@ -166,7 +166,6 @@ pub fn watches(client: Client) -> (Stores, Watches) {
             pods_synced,
         },
         Watches {
-            subscription,
             bindings: bindings_stream,
             pods: pods_stream,
         },
@@ -182,6 +181,15 @@ fn touched<K>(event: &watcher::Event<K>) -> Option<&K> {
         | watcher::Event::InitApply(obj) => Some(obj),
         watcher::Event::Init | watcher::Event::InitDone => None,
     }
+}
+
+/// Every cached binding.
+fn all(store: &Store<AWSRoleBinding>) -> Vec<ObjectRef<AWSRoleBinding>> {
+    store
+        .state()
+        .iter()
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
 }
 
 /// Every cached binding of `namespace`.
