@@ -524,6 +524,44 @@ fn operator_runs_locked_down_and_highly_available() {
 }
 
 #[test]
+fn allowed_sts_endpoints_reach_the_operator_and_are_checked_by_the_schema() {
+    let plain = render("credvend", "credvend-system", &[]);
+    assert!(
+        !plain
+            .args()
+            .iter()
+            .any(|a| a.starts_with("--allowed-sts-endpoints")),
+        "AWS's endpoints need no flag"
+    );
+    let rendered = render(
+        "credvend",
+        "credvend-system",
+        &["agent.allowedStsEndpoints={https://sts.*.internal.example,http://127.0.0.1:5000}"],
+    );
+    assert!(
+        rendered.args().contains(
+            &"--allowed-sts-endpoints=https://sts.*.internal.example,http://127.0.0.1:5000"
+        ),
+        "{:?}",
+        rendered.args()
+    );
+    let output = run_helm(&template_args(
+        "credvend",
+        "credvend-system",
+        &["agent.allowedStsEndpoints={http://tokens.example.com}"],
+    ));
+    assert!(
+        !output.status.success(),
+        "plain http to a remote host is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("allowedStsEndpoints"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn rbac_grants_only_what_the_operator_uses() {
     let rendered = render("credvend", "credvend-system", &[]);
     for kind in ["ClusterRole", "Role"] {
