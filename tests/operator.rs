@@ -28,10 +28,11 @@ async fn operator_injects_an_agent_that_vends_credentials_to_boto3() {
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sts = StsPeer::start();
-    let installed = install(cp, &client, dir.path(), sts.endpoint()).await;
+    let installed = install_isolated(cp, &client, dir.path(), sts.endpoint()).await;
 
     let ns = k8s::unique_name("team-a");
     k8s::create_namespace(&client, &ns).await.unwrap();
+    installed.admit_namespace(&client, &ns).await;
     k8s::create_service_account(&client, &ns, "app")
         .await
         .unwrap();
@@ -355,10 +356,39 @@ fn labelled(mut pod: Pod, binding: &str) -> Pod {
     pod
 }
 
-/// A namespace with service account `app` and a binding `s3-reader` for it (STS at `sts`).
-async fn team(client: &kube::Client, prefix: &str, sts: &str) -> (String, Api<AWSRoleBinding>) {
+/// [`install`], its webhook seeing only the namespaces the test admits: the tests of this file
+/// share one control plane, and one of them kills an operator whose webhook configuration
+/// (failurePolicy Fail) stays behind.
+async fn install_isolated(
+    cp: &k8s::ControlPlane,
+    client: &kube::Client,
+    dir: &std::path::Path,
+    sts: &str,
+) -> Installed {
+    install_with(
+        cp,
+        client,
+        dir,
+        &InstallOptions {
+            sts_endpoints: &[sts],
+            isolated: true,
+            ..InstallOptions::default()
+        },
+    )
+    .await
+}
+
+/// A namespace admitted to `installed`'s webhook, with service account `app` and a binding
+/// `s3-reader` for it (STS at `sts`).
+async fn team(
+    installed: &Installed,
+    client: &kube::Client,
+    prefix: &str,
+    sts: &str,
+) -> (String, Api<AWSRoleBinding>) {
     let ns = k8s::unique_name(prefix);
     k8s::create_namespace(client, &ns).await.unwrap();
+    installed.admit_namespace(client, &ns).await;
     k8s::create_service_account(client, &ns, "app")
         .await
         .unwrap();
@@ -387,7 +417,8 @@ async fn without_leader_election_the_operator_becomes_ready_and_writes_status() 
         dir.path(),
         &InstallOptions {
             sts_endpoints: &[sts.endpoint()],
-            values: &[("leaderElection.enabled", "false")],
+            values: &[("leaderElection.enabled", "false"), ("replicaCount", "1")],
+            isolated: true,
             ..InstallOptions::default()
         },
     )
@@ -401,7 +432,7 @@ async fn without_leader_election_the_operator_becomes_ready_and_writes_status() 
                 .all(|r| r["resources"][0] != "leases")),
         "no Lease permission is rendered without leader election"
     );
-    let (ns, bindings) = team(&client, "no-le", sts.endpoint()).await;
+    let (ns, bindings) = team(&installed, &client, "no-le", sts.endpoint()).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     create_annotated_pod(&pods, "web-0", "app").await;
     wait_binding_ready(&bindings, "s3-reader", 1).await;
@@ -419,8 +450,8 @@ async fn a_follower_takes_over_when_the_leader_is_killed() {
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sts = StsPeer::start();
-    let mut installed = install(cp, &client, dir.path(), sts.endpoint()).await;
-    let (_, bindings) = team(&client, "takeover", sts.endpoint()).await;
+    let mut installed = install_isolated(cp, &client, dir.path(), sts.endpoint()).await;
+    let (_, bindings) = team(&installed, &client, "takeover", sts.endpoint()).await;
     wait_binding_ready(&bindings, "s3-reader", 0).await;
     let lease_name = installed
         .objects
@@ -516,12 +547,13 @@ async fn a_replica_that_cannot_campaign_keeps_trying_and_leads_once_it_can() {
         &InstallOptions {
             sts_endpoints: &[sts.endpoint()],
             before_start: Some(&without_leases),
+            isolated: true,
             ..InstallOptions::default()
         },
     )
     .await;
     // Ready (the webhook works), the failure counted, and no status written.
-    let (_, bindings) = team(&client, "no-lease", sts.endpoint()).await;
+    let (_, bindings) = team(&installed, &client, "no-lease", sts.endpoint()).await;
     eventually("a failed campaign in the metrics", WAIT, || async {
         let page = metrics_page(installed.metrics_port).await;
         (metric_value(&page, "credvend_leader_election_errors_total", "")? >= 1.0).then_some(())
@@ -678,8 +710,8 @@ async fn containers_a_later_webhook_adds_get_credentials_and_no_second_agent() {
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sts = StsPeer::start();
-    let installed = install(cp, &client, dir.path(), sts.endpoint()).await;
-    let (ns, bindings) = team(&client, "mesh", sts.endpoint()).await;
+    let installed = install_isolated(cp, &client, dir.path(), sts.endpoint()).await;
+    let (ns, bindings) = team(&installed, &client, "mesh", sts.endpoint()).await;
     let mesh = MeshWebhook::start().await;
     let mesh_config = mesh.register(&client, &ns).await;
     assert!(

@@ -96,6 +96,8 @@ pub struct Installed {
     /// The Deployment's args, listen addresses and pod name left out (see [`Installed::replica`]).
     args: Vec<String>,
     kubeconfig: PathBuf,
+    /// The release, for an isolated install.
+    isolated: Option<String>,
 }
 
 /// Changes to the rendered objects, applied before the operator starts.
@@ -111,7 +113,14 @@ pub struct InstallOptions<'a> {
     /// Called with the rendered objects after they were applied and before the operator
     /// starts; what it returns is applied (to take a permission away, say).
     pub before_start: Option<&'a BeforeStart>,
+    /// Send the webhook only pods of namespaces passed to [`Installed::admit_namespace`], so
+    /// several installs on one control plane (tests running in parallel, an operator a test
+    /// kills while its webhook configuration stays behind) never see each other's pods.
+    pub isolated: bool,
 }
+
+/// The namespace label an isolated install's webhook selects.
+const ISOLATION_LABEL: &str = "credvend.test/install";
 
 /// Another operator replica of the same release, as a second pod of the Deployment would run.
 pub struct Replica {
@@ -120,6 +129,22 @@ pub struct Replica {
 }
 
 impl Installed {
+    /// Lets the webhook of an isolated install see the pods of `namespace` (a no-op otherwise).
+    pub async fn admit_namespace(&self, client: &Client, namespace: &str) {
+        let Some(release) = &self.isolated else {
+            return;
+        };
+        let patch = serde_json::json!({"metadata": {"labels": {ISOLATION_LABEL: release}}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .patch(
+                namespace,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Starts one more operator process with the release's args and identity `pod_name`; it
     /// serves the webhook on a port of its own (the webhook configuration keeps pointing at the
     /// first one) and returns once it is ready.
@@ -204,7 +229,22 @@ pub async fn install_with(
         values.push(("agent.allowedStsEndpoints", endpoints.as_str()));
     }
     values.extend_from_slice(options.values);
-    let objects = render_chart(&release, &release_ns, &values).unwrap();
+    let mut objects = render_chart(&release, &release_ns, &values).unwrap();
+    if options.isolated {
+        for object in objects
+            .iter_mut()
+            .filter(|o| o["kind"] == "MutatingWebhookConfiguration")
+        {
+            for webhook in object["webhooks"].as_array_mut().unwrap() {
+                webhook["namespaceSelector"]["matchExpressions"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({
+                        "key": ISOLATION_LABEL, "operator": "In", "values": [release]
+                    }));
+            }
+        }
+    }
     // Dry run of everything first, then the real apply (see apply_all).
     apply_all(client, &objects)
         .await
@@ -268,6 +308,7 @@ pub async fn install_with(
         objects,
         args,
         kubeconfig,
+        isolated: options.isolated.then(|| release.clone()),
     };
     wait_ready(
         &format!("http://127.0.0.1:{metrics_port}/healthz/ready"),
@@ -367,7 +408,11 @@ pub async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Pod {
         ..PostParams::default()
     };
     eventually("the webhook to take effect", WAIT, || async {
-        let p = pods.create(&dry, pod).await.ok()?;
+        let p = pods
+            .create(&dry, pod)
+            .await
+            .inspect_err(|e| eprintln!("dry run of {}: {e}", pod.name_any()))
+            .ok()?;
         p.annotations()
             .contains_key("credvend.io/status")
             .then_some(())
