@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::aws::{check_role_arn, check_sts_endpoint, is_region};
+use crate::aws::{StsEndpointAllowlist, check_role_arn, check_sts_endpoint, is_region};
 
 /// API group of every credvend resource.
 pub const GROUP: &str = "credvend.io";
@@ -249,6 +249,11 @@ pub enum SpecError {
     /// `audience` is empty.
     #[error("audience must not be empty; leave it out to use sts.amazonaws.com")]
     Audience,
+    /// `stsEndpoint` is well-formed but not one the operator may send tokens to.
+    #[error(
+        "stsEndpoint {0:?} is neither one of AWS's STS endpoints nor allowed by the operator, so credvend will not send the pods' service-account tokens there; use an AWS STS endpoint (https://sts.<region>.amazonaws.com, its FIPS or VPC endpoint) or leave stsEndpoint out, or ask the cluster administrator to allow it (chart value agent.allowedStsEndpoints)"
+    )]
+    StsEndpointNotAllowed(String),
 }
 
 impl SpecError {
@@ -263,6 +268,7 @@ impl SpecError {
             Self::Region(_) => "InvalidRegion",
             Self::StsEndpoint { .. } => "InvalidStsEndpoint",
             Self::Audience => "InvalidAudience",
+            Self::StsEndpointNotAllowed(_) => "StsEndpointNotAllowed",
         }
     }
 }
@@ -333,6 +339,28 @@ pub fn validate(spec: &AWSRoleBindingSpec) -> Result<Validated, Vec<SpecError>> 
             warnings: session_warnings(&spec.session_duration, session_duration),
         }),
         _ => Err(errors),
+    }
+}
+
+/// [`validate`], plus the operator's policy: an explicit `stsEndpoint` must be on `allowed`.
+/// The controller's `Ready` condition and the webhook both judge a binding with this, so a
+/// binding the controller calls Ready is one whose pods are admitted.
+pub fn validate_for(
+    spec: &AWSRoleBindingSpec,
+    allowed: &StsEndpointAllowlist,
+) -> Result<Validated, Vec<SpecError>> {
+    let not_allowed = spec
+        .sts_endpoint
+        .as_ref()
+        .filter(|url| check_sts_endpoint(url).is_ok() && !allowed.allows(url))
+        .map(|url| SpecError::StsEndpointNotAllowed(url.clone()));
+    match (validate(spec), not_allowed) {
+        (result, None) => result,
+        (Ok(_), Some(error)) => Err(vec![error]),
+        (Err(mut errors), Some(error)) => {
+            errors.push(error);
+            Err(errors)
+        }
     }
 }
 
@@ -585,6 +613,48 @@ mod tests {
             .map_err(|e| e[0].reason());
             assert_eq!(got, want, "{url}");
         }
+    }
+
+    #[test]
+    fn an_sts_endpoint_outside_the_operators_list_is_refused_with_the_fix() {
+        let aws = StsEndpointAllowlist::aws();
+        let with_endpoint = |url: &str| AWSRoleBindingSpec {
+            sts_endpoint: Some(url.into()),
+            ..spec()
+        };
+        assert!(
+            validate_for(&spec(), &aws).is_ok(),
+            "no endpoint: the region's"
+        );
+        assert!(validate_for(&with_endpoint("https://sts.eu-west-1.amazonaws.com"), &aws).is_ok());
+        let errors = validate_for(&with_endpoint("https://tokens.example.com"), &aws).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].reason(), "StsEndpointNotAllowed");
+        let message = errors[0].to_string();
+        for words in [
+            "https://tokens.example.com",
+            "agent.allowedStsEndpoints",
+            "sts.<region>.amazonaws.com",
+        ] {
+            assert!(message.contains(words), "{words:?} in {message}");
+        }
+        // A malformed endpoint is reported once, as malformed.
+        let errors = validate_for(&with_endpoint("ftp://x"), &aws).unwrap_err();
+        assert_eq!(
+            errors.iter().map(SpecError::reason).collect::<Vec<_>>(),
+            ["InvalidStsEndpoint"]
+        );
+        // Other problems and the policy are reported together.
+        let mut both = with_endpoint("http://127.0.0.1:5000");
+        both.audience = String::new();
+        let reasons: Vec<_> = validate_for(&both, &aws)
+            .unwrap_err()
+            .iter()
+            .map(SpecError::reason)
+            .collect();
+        assert_eq!(reasons, ["InvalidAudience", "StsEndpointNotAllowed"]);
+        let tests = StsEndpointAllowlist::aws_and(&["http://127.0.0.1:5000".into()]).unwrap();
+        assert!(validate_for(&with_endpoint("http://127.0.0.1:5000"), &tests).is_ok());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use credvend::agent::metrics::AgentMetrics;
 use credvend::operator::metrics::OperatorMetrics;
-use credvend::webhook::tls::TlsMetrics;
+use credvend::server::ServerMetrics;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
@@ -47,6 +47,7 @@ const ALL_OPTIONS: &[&str] = &[
     "webhook.failurePolicy=Ignore",
     "webhook.excludeNamespaces={monitoring,istio-system}",
     "agent.defaultRegion=eu-west-1",
+    "agent.allowedStsEndpoints={https://sts.*.internal.example,http://127.0.0.1:5000}",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ fn webhook_sees_only_annotated_pods_outside_system_namespaces() {
     let rules = webhook["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(strings(&rules[0]["resources"]), ["pods"]);
-    assert_eq!(strings(&rules[0]["operations"]), ["CREATE"]);
+    assert_eq!(strings(&rules[0]["operations"]), ["CREATE", "UPDATE"]);
     assert_eq!(strings(&rules[0]["apiGroups"]), [""]);
 
     let conditions = webhook["matchConditions"].as_array().unwrap();
@@ -364,6 +365,9 @@ fn webhook_sees_only_annotated_pods_outside_system_namespaces() {
         "has(object.metadata.annotations)",
         "'credvend.io/inject' in object.metadata.annotations",
         "'credvend.io/binding' in object.metadata.annotations",
+        "'credvend.io/status' in object.metadata.annotations",
+        "'credvend.io/binding' in object.metadata.labels",
+        "oldObject.metadata.labels['credvend.io/binding'] == object.metadata.labels['credvend.io/binding']",
     ] {
         assert!(expression.contains(needle), "{needle} not in {expression}");
     }
@@ -494,6 +498,44 @@ fn operator_runs_locked_down_and_highly_available() {
     assert_eq!(
         budget["spec"]["selector"]["matchLabels"],
         deployment["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn allowed_sts_endpoints_reach_the_operator_and_are_checked_by_the_schema() {
+    let plain = render("credvend", "credvend-system", &[]);
+    assert!(
+        !plain
+            .args()
+            .iter()
+            .any(|a| a.starts_with("--allowed-sts-endpoints")),
+        "AWS's endpoints need no flag"
+    );
+    let rendered = render(
+        "credvend",
+        "credvend-system",
+        &["agent.allowedStsEndpoints={https://sts.*.internal.example,http://127.0.0.1:5000}"],
+    );
+    assert!(
+        rendered.args().contains(
+            &"--allowed-sts-endpoints=https://sts.*.internal.example,http://127.0.0.1:5000"
+        ),
+        "{:?}",
+        rendered.args()
+    );
+    let output = run_helm(&template_args(
+        "credvend",
+        "credvend-system",
+        &["agent.allowedStsEndpoints={http://tokens.example.com}"],
+    ));
+    assert!(
+        !output.status.success(),
+        "plain http to a remote host is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("allowedStsEndpoints"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 
@@ -775,19 +817,33 @@ fn known_metrics() -> BTreeSet<String> {
     agent.endpoint_requests.with_label_values(&["200"]).inc();
 
     let operator = OperatorMetrics::new().unwrap();
-    let tls = TlsMetrics::register(&operator.registry).unwrap();
-    operator.reconciles.with_label_values(&["success"]).inc();
-    operator.reconcile_errors.with_label_values(&["kube"]).inc();
-    operator.bindings.with_label_values(&["true"]).set(1);
+    let server = ServerMetrics::register(&operator.registry).unwrap();
+    let controller = &operator.controller;
+    controller.reconciles.with_label_values(&["success"]).inc();
+    controller
+        .reconcile_errors
+        .with_label_values(&["kube"])
+        .inc();
+    controller.bindings.with_label_values(&["true"]).set(1);
     operator
+        .admission
         .admissions
         .with_label_values(&["injected", "injected"])
         .inc();
     operator
+        .admission
         .admission_duration
         .with_label_values(&["injected"])
         .observe(0.001);
-    tls.errors.with_label_values(&["renew"]).inc();
+    operator.tls.errors.with_label_values(&["renew"]).inc();
+    server
+        .closed
+        .with_label_values(&["webhook", "evicted"])
+        .inc();
+    server
+        .bodies_refused
+        .with_label_values(&["webhook", "too_large"])
+        .inc();
 
     [agent.registry.gather(), operator.registry.gather()]
         .iter()
@@ -903,6 +959,21 @@ async fn only_annotated_pods_outside_excluded_namespaces_reach_the_webhook() -> 
         rejected.is_err(),
         "a pod with credvend.io/binding must reach the webhook"
     );
+    let forged = create_pod_labelled(&client, &app_namespace, &[], &binding).await;
+    assert!(
+        forged.is_err(),
+        "a pod carrying the credvend.io/binding label must reach the webhook"
+    );
+    let forged = create_pod(
+        &client,
+        &app_namespace,
+        &[("credvend.io/status", "injected")],
+    )
+    .await;
+    assert!(
+        forged.is_err(),
+        "a pod carrying credvend.io/status must reach the webhook"
+    );
 
     for (namespace, annotations, why) in [
         (app_namespace.as_str(), &[][..], "a pod without annotations"),
@@ -935,12 +1006,25 @@ async fn create_pod(
     namespace: &str,
     annotations: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
-        .collect();
+    create_pod_labelled(client, namespace, annotations, &[]).await
+}
+
+/// [`create_pod`] with labels as well.
+async fn create_pod_labelled(
+    client: &Client,
+    namespace: &str,
+    annotations: &[(&str, &str)],
+    labels: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect()
+    };
+    let (annotations, labels) = (map(annotations), map(labels));
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": { "generateName": "app-", "annotations": annotations },
+        "metadata": { "generateName": "app-", "annotations": annotations, "labels": labels },
         "spec": { "containers": [{ "name": "app", "image": "example.com/app:1" }] },
     }))?;
     let params = PostParams {

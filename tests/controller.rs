@@ -22,12 +22,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt as _, ResourceExt as _};
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use credvend::controller::{self, Stores};
+use credvend::aws::StsEndpointAllowlist;
+use credvend::controller::{self, ControllerMetrics};
 use credvend::crd::{AWSRoleBinding, CONDITION_READY};
-use credvend::operator::metrics::OperatorMetrics;
 use support::k8s;
 
 /// Generous: the two cores of a CI machine are often busy compiling other test binaries, and
@@ -68,43 +68,68 @@ async fn setup(prefix: &str) -> (Client, String) {
     (client, ns)
 }
 
-/// One operator replica's controller half: caches plus the controller behind leader election
-/// with the Lease in the test's namespace. `leading` counts how often it became leader.
+/// One operator replica's controller half, wired as the operator wires it: the watches and the
+/// controller on every replica, the Lease campaign (in the test's namespace) deciding who
+/// writes. `leading` counts how often it became leader.
 struct Replica {
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), controller::Error>>,
-    reflectors: JoinHandle<()>,
+    campaign: JoinHandle<()>,
+    controller: JoinHandle<()>,
     leading: Arc<AtomicUsize>,
+    metrics: ControllerMetrics,
 }
 
 impl Replica {
     fn start(client: &Client, ns: &str, identity: &str) -> Replica {
-        let (stores, reflectors) = controller::start_reflectors(client.clone());
-        let metrics = OperatorMetrics::new().unwrap();
+        Self::start_with(client, ns, identity, StsEndpointAllowlist::aws())
+    }
+
+    fn start_with(
+        client: &Client,
+        ns: &str,
+        identity: &str,
+        allowed: StsEndpointAllowlist,
+    ) -> Replica {
+        let (stores, watches) = controller::watches(client.clone());
+        let metrics = ControllerMetrics::unregistered();
+        let (leading_tx, leading_rx) = watch::channel(false);
         let leading = Arc::new(AtomicUsize::new(0));
+        {
+            let (mut rx, leading) = (leading_rx.clone(), leading.clone());
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    if *rx.borrow_and_update() {
+                        leading.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        let controller = tokio::spawn(controller::run(
+            client.clone(),
+            metrics.clone(),
+            stores,
+            watches,
+            leading_rx,
+            allowed,
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run_when_leader(
+        let campaign = tokio::spawn(controller::campaign(
             client.clone(),
             ns.to_owned(),
             LEASE.to_owned(),
             identity.to_owned(),
+            leading_tx,
+            metrics.clone(),
             async move {
                 let _ = stopped.await;
-            },
-            {
-                let client = client.clone();
-                let leading = leading.clone();
-                move || {
-                    leading.fetch_add(1, Ordering::SeqCst);
-                    lead(client.clone(), metrics.clone(), stores.clone())
-                }
             },
         ));
         Replica {
             stop: Some(stop),
-            task,
-            reflectors,
+            campaign,
+            controller,
             leading,
+            metrics,
         }
     }
 
@@ -112,31 +137,22 @@ impl Replica {
         self.leading.load(Ordering::SeqCst) > 0
     }
 
-    /// Shuts down as the operator does on SIGTERM, returning what `run_when_leader` returned.
-    async fn shutdown(mut self) -> Result<(), controller::Error> {
+    /// Shuts down as the operator does on SIGTERM: the campaign releases the Lease.
+    async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        let result = tokio::time::timeout(WAIT, &mut self.task)
+        tokio::time::timeout(WAIT, &mut self.campaign)
             .await
-            .expect("run_when_leader did not return after shutdown")
+            .expect("the campaign did not end after shutdown")
             .unwrap();
-        self.reflectors.abort();
-        result
+        self.controller.abort();
     }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        self.task.abort();
-        self.reflectors.abort();
+        self.campaign.abort();
+        self.controller.abort();
     }
-}
-
-fn lead(
-    client: Client,
-    metrics: OperatorMetrics,
-    stores: Stores,
-) -> impl Future<Output = ()> + Send + 'static {
-    controller::run(client, metrics, stores, std::future::pending())
 }
 
 /// Polls the binding until `done` accepts it; on timeout, fails showing the last status seen.
@@ -330,7 +346,7 @@ async fn controller_reports_validity_pod_count_and_changes_of_state() {
     );
 
     // Shutting down releases the Lease.
-    replica.shutdown().await.unwrap();
+    replica.shutdown().await;
     assert_eq!(lease_holder(&client, &ns).await, None);
 }
 
@@ -363,7 +379,7 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     assert!(!second.is_leading());
 
     // replica-a shuts down and releases the Lease; replica-b takes over and reconciles.
-    first.shutdown().await.unwrap();
+    first.shutdown().await;
     eventually("replica-b to lead", || async {
         (lease_holder(&client, &ns).await.as_deref() == Some("replica-b") && second.is_leading())
             .then_some(())
@@ -380,5 +396,100 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
         ready(b).is_some_and(|(status, ..)| status == "True")
     })
     .await;
-    second.shutdown().await.unwrap();
+    second.shutdown().await;
+}
+
+fn binding_for(name: &str, service_account: &str, sts_endpoint: Option<&str>) -> AWSRoleBinding {
+    let mut spec = json!({"serviceAccountName": service_account, "roleArn": ROLE_ARN});
+    if let Some(url) = sts_endpoint {
+        spec["stsEndpoint"] = json!(url);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "credvend.io/v1alpha1",
+        "kind": "AWSRoleBinding",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bindings_sharing_a_service_account_say_so_until_one_is_gone() {
+    let (client, ns) = setup("ambiguous").await;
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+    let replica = Replica::start(&client, &ns, "replica-a");
+    bindings
+        .create(&PostParams::default(), &binding_for("s3", "app", None))
+        .await
+        .unwrap();
+    wait_for_binding(&bindings, "s3", "Ready=True, Valid", |b| {
+        ready(b).is_some_and(|(status, reason, ..)| status == "True" && reason == "Valid")
+    })
+    .await;
+
+    // A second binding for the same service account: both say so, each naming the other.
+    bindings
+        .create(&PostParams::default(), &binding_for("dynamo", "app", None))
+        .await
+        .unwrap();
+    for (name, other) in [("s3", "dynamo"), ("dynamo", "s3")] {
+        let b = wait_for_binding(&bindings, name, "reason AmbiguousServiceAccount", |b| {
+            ready(b).is_some_and(|(_, reason, ..)| reason == "AmbiguousServiceAccount")
+        })
+        .await;
+        let (status, _, message, _) = ready(&b).unwrap();
+        assert_eq!(status, "True", "pods naming the binding still work");
+        assert!(
+            message.contains(&format!(
+                "AWSRoleBinding {other} also names service account \"app\""
+            )),
+            "{message}"
+        );
+        assert!(message.contains("credvend.io/binding: <name>"), "{message}");
+    }
+
+    // One is deleted: the other is plainly valid again.
+    bindings
+        .delete("dynamo", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_binding(&bindings, "s3", "reason Valid again", |b| {
+        ready(b).is_some_and(|(status, reason, ..)| status == "True" && reason == "Valid")
+    })
+    .await;
+    replica.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_binding_whose_sts_endpoint_the_operator_does_not_allow_is_not_ready() {
+    let (client, ns) = setup("sts-allow").await;
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+    let allowed = StsEndpointAllowlist::aws_and(&["https://sts.internal.example".into()]).unwrap();
+    let replica = Replica::start_with(&client, &ns, "replica-a", allowed);
+    for (name, url) in [
+        ("elsewhere", "https://tokens.example.com"),
+        ("aws", "https://sts.eu-west-1.amazonaws.com"),
+        ("allowed", "https://sts.internal.example"),
+    ] {
+        bindings
+            .create(&PostParams::default(), &binding_for(name, name, Some(url)))
+            .await
+            .unwrap();
+    }
+    let refused = wait_for_binding(&bindings, "elsewhere", "Ready=False", |b| {
+        ready(b).is_some_and(|(status, ..)| status == "False")
+    })
+    .await;
+    let (_, reason, message, _) = ready(&refused).unwrap();
+    assert_eq!(reason, "StsEndpointNotAllowed");
+    assert!(message.contains("https://tokens.example.com"), "{message}");
+    assert!(message.contains("agent.allowedStsEndpoints"), "{message}");
+    for name in ["aws", "allowed"] {
+        wait_for_binding(&bindings, name, "Ready=True", |b| {
+            ready(b).is_some_and(|(status, ..)| status == "True")
+        })
+        .await;
+    }
+    assert_eq!(replica.metrics.leader.get(), 1);
+    replica.shutdown().await;
 }

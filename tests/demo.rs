@@ -59,7 +59,7 @@ async fn demo() {
         "Installing the chart's manifests and starting the operator as the chart's service account",
     );
     let dir = tempfile::tempdir().unwrap();
-    let installed = install(&cp, &client, dir.path()).await;
+    let installed = install(&cp, &client, dir.path(), sts.endpoint()).await;
     println!(
         "    operator ready; webhook configuration {} has its caBundle",
         installed.webhook_config

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use credvend::crd::AWSRoleBinding;
 use support::k8s::{self, ControlPlane, Release};
-use support::operator::{create_injected, install, wait_binding_ready};
+use support::operator::{InstallOptions, create_injected, install_with, wait_binding_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_golden_pod_shape_is_stored_as_its_patch_says_on_the_newest_api_server() {
@@ -45,7 +45,7 @@ async fn every_golden_shape(release: Release) {
     let cp = ControlPlane::start_release(release).await.unwrap();
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let installed = install(&cp, &client, dir.path()).await;
+    let installed = install_with(&cp, &client, dir.path(), &InstallOptions::default()).await;
 
     let cases = cases();
     let mut failures = Vec::new();

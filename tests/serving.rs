@@ -665,8 +665,8 @@ async fn operator_answers_admissions_while_thousands_of_slow_connections_are_hel
     let cp = k8s::shared().await.unwrap();
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let installed = op::install(cp, &client, dir.path()).await;
     let sts = StsPeer::start();
+    let installed = op::install(cp, &client, dir.path(), sts.endpoint()).await;
     let pods = team(&client, &sts).await;
     op::create_injected(
         &pods,
@@ -769,7 +769,7 @@ async fn operator_memory_stays_bounded_under_concurrent_large_and_slow_bodies() 
     let cp = k8s::shared().await.unwrap();
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let installed = op::install(cp, &client, dir.path()).await;
+    let installed = op::install_with(cp, &client, dir.path(), &op::InstallOptions::default()).await;
     let tls = webhook_tls(&client, &installed).await;
     let pid = installed.operator.pid();
     let port = installed.webhook_port;
@@ -858,8 +858,18 @@ async fn operator_shutdown_stops_being_ready_keeps_answering_then_drains_in_flig
     let cp = k8s::shared().await.unwrap();
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut installed = op::install_with(cp, &client, dir.path(), &["--shutdown-delay=2s"]).await;
     let sts = StsPeer::start();
+    let mut installed = op::install_with(
+        cp,
+        &client,
+        dir.path(),
+        &op::InstallOptions {
+            sts_endpoints: &[sts.endpoint()],
+            values: &[("operator.shutdownDelaySeconds", "2")],
+            ..op::InstallOptions::default()
+        },
+    )
+    .await;
     let pods = team(&client, &sts).await;
     op::create_injected(
         &pods,

@@ -1,4 +1,4 @@
-//! The webhook's self-managed TLS against a real kube-apiserver: the Secret it writes, the
+//! The webhook's self-signed TLS against a real kube-apiserver: the Secret it writes, the
 //! caBundle it patches, that the API server really trusts what it serves (a pod creation goes
 //! through the webhook with `failurePolicy: Fail`), that restarts and concurrent replicas keep
 //! the CA, and that a caBundle reset (as by `helm upgrade`) is repaired while running.
@@ -172,7 +172,7 @@ async fn create_pod(client: &Client, namespace: &str, name: &str) -> anyhow::Res
 }
 
 #[tokio::test]
-async fn self_managed_tls_is_trusted_by_the_api_server_and_a_restart_keeps_the_ca()
+async fn self_signed_tls_is_trusted_by_the_api_server_and_a_restart_keeps_the_ca()
 -> anyhow::Result<()> {
     k8s::install_crypto_provider();
     let control_plane = k8s::shared().await?;
@@ -186,7 +186,7 @@ async fn self_managed_tls_is_trusted_by_the_api_server_and_a_restart_keeps_the_c
     let metrics = metrics();
     let (resolver, task) = tls::start(
         client.clone(),
-        TlsMode::SelfManaged,
+        TlsMode::SelfSigned,
         settings(&namespace, &config),
         metrics.clone(),
     )
@@ -216,7 +216,7 @@ async fn self_managed_tls_is_trusted_by_the_api_server_and_a_restart_keeps_the_c
     // A restart (or another replica) with the same names reuses everything as is.
     let (again, task) = tls::start(
         client.clone(),
-        TlsMode::SelfManaged,
+        TlsMode::SelfSigned,
         settings(&namespace, &config),
         metrics.clone(),
     )
@@ -232,7 +232,7 @@ async fn self_managed_tls_is_trusted_by_the_api_server_and_a_restart_keeps_the_c
     // A new name forces a new serving certificate, signed by the same CA: caBundle unchanged.
     let mut more = settings(&namespace, &config);
     more.extra_sans.push("localhost".to_owned());
-    let (renamed, task) = tls::start(client.clone(), TlsMode::SelfManaged, more, metrics).await?;
+    let (renamed, task) = tls::start(client.clone(), TlsMode::SelfSigned, more, metrics).await?;
     let reissued = secrets.get(SECRET).await?;
     assert_eq!(data(&reissued, "ca.crt"), ca);
     assert_eq!(data(&reissued, "ca.key"), data(&secret, "ca.key"));
@@ -260,7 +260,7 @@ async fn replicas_starting_together_converge_on_one_certificate() -> anyhow::Res
     let starts = (0..3).map(|_| {
         tls::start(
             client.clone(),
-            TlsMode::SelfManaged,
+            TlsMode::SelfSigned,
             settings(&namespace, &config),
             metrics(),
         )
@@ -294,7 +294,7 @@ async fn a_ca_bundle_reset_by_an_upgrade_is_restored_while_running() -> anyhow::
     create_webhook_config(&client, &config, &namespace, "127.0.0.1:9".parse()?).await?;
     let (_resolver, task) = tls::start(
         client.clone(),
-        TlsMode::SelfManaged,
+        TlsMode::SelfSigned,
         settings(&namespace, &config),
         metrics(),
     )

@@ -1,20 +1,25 @@
-//! Leader election: of all operator replicas, only the holder of a Lease runs the controller,
-//! so two replicas never write the same status or publish the same Event. Every replica keeps
-//! its caches and serves the webhook regardless.
+//! Leader election: of all operator replicas, only the holder of a Lease writes statuses and
+//! publishes Events, so two replicas never write the same status or publish the same Event.
+//! Every replica keeps its caches and serves the webhook regardless.
 //!
 //! kube-lease-manager holds the Lease with server-side apply and renews it `grace` seconds
 //! before it expires. Losing it (another replica took over after we missed renewals) stops the
-//! controller at once; shutting down releases the Lease so a follower takes over without
-//! waiting for it to expire.
+//! leader's work at once; shutting down releases the Lease so a follower takes over without
+//! waiting for it to expire. [`campaign`] never gives up: when the Lease cannot be created or
+//! held (the API server is unreachable, its RBAC is missing), it counts the failure, logs it
+//! and campaigns again with backoff, so a replica never stays up without a controller.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Error;
+use super::metrics::ControllerMetrics;
 
 /// How long a Lease is valid after its last renewal; a follower takes over at most this long
 /// after a leader vanishes without releasing it.
@@ -23,6 +28,85 @@ pub const LEASE_DURATION_SECONDS: u64 = 15;
 pub const LEASE_GRACE_SECONDS: u64 = 5;
 /// How long shutdown waits for the Lease to be released before giving up (it then expires).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before campaigning again after a failure; doubled up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between campaigns: a fixed RBAC or API server is noticed within this.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Campaigns for the Lease `namespace/lease_name` as `identity` until `shutdown` completes,
+/// with `leading` true exactly while this replica holds it (and `credvend_leader` 1). A failed
+/// campaign is logged, counted in `credvend_leader_election_errors_total` and retried after 1 s,
+/// 2 s, 4 s … up to 30 s; a campaign that led for a while starts the backoff afresh.
+pub async fn campaign(
+    client: Client,
+    namespace: String,
+    lease_name: String,
+    identity: String,
+    leading: watch::Sender<bool>,
+    metrics: ControllerMetrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    let leading = Arc::new(leading);
+    let mut retry = FIRST_RETRY;
+    tokio::pin!(shutdown);
+    loop {
+        let lead = {
+            let (leading, metrics) = (leading.clone(), metrics.clone());
+            move || {
+                let guard = Leading::start(leading.clone(), metrics.clone());
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let result = run_when_leader(
+            client.clone(),
+            namespace.clone(),
+            lease_name.clone(),
+            identity.clone(),
+            &mut shutdown,
+            lead,
+        )
+        .await;
+        let Err(error) = result else {
+            return;
+        };
+        metrics.leader_election_errors.inc();
+        if started.elapsed() > MAX_RETRY {
+            retry = FIRST_RETRY;
+        }
+        tracing::error!(%error, retry_in = ?retry, "leader election failed; this replica does not reconcile until it campaigns again");
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = retry.saturating_mul(2).min(MAX_RETRY);
+    }
+}
+
+/// Held while this replica leads: `leading` is true and `credvend_leader` is 1 from its start
+/// until it is dropped (the leader's task aborted on losing the Lease or on shutdown).
+struct Leading {
+    leading: Arc<watch::Sender<bool>>,
+    metrics: ControllerMetrics,
+}
+
+impl Leading {
+    fn start(leading: Arc<watch::Sender<bool>>, metrics: ControllerMetrics) -> Self {
+        leading.send_replace(true);
+        metrics.leader.set(1);
+        Leading { leading, metrics }
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.leading.send_replace(false);
+        self.metrics.leader.set(0);
+    }
+}
 
 /// Runs `lead()` while this replica (`identity`, unique per replica, e.g. the pod name) holds
 /// the Lease `namespace/lease_name`, until `shutdown` completes.
@@ -30,8 +114,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `lead` is called each time leadership is gained; its future is spawned and aborted when
 /// leadership is lost or on shutdown (reconciles are idempotent, so stopping mid-way is safe).
 /// On shutdown the Lease is released. Returns an error if the Lease cannot be created, if the
-/// lease manager stops, or if the leader's future ends by itself — the operator should then
-/// exit and be restarted rather than keep running without a controller.
+/// lease manager stops, or if the leader's future ends by itself; [`campaign`] then campaigns
+/// again rather than keep the replica running without a controller.
 pub async fn run_when_leader<F, Fut>(
     client: Client,
     namespace: impl Into<String>,

@@ -1,25 +1,27 @@
-//! One reconcile of one binding: count its pods from the cache, compute the status, publish an
-//! Event if its state changed, apply the status if it differs — and nothing else, so the
-//! reconciler never reads from the API server and a periodic requeue is cheap.
+//! One reconcile of one binding: count its pods from the index, find the other bindings of its
+//! service account, compute the status, publish an Event if its state changed, apply the
+//! status if it differs — and nothing else, so the reconciler never reads from the API server
+//! and a periodic requeue is cheap. A replica that does not lead returns at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, TimestampRound, Unit};
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource as _, ResourceExt as _};
+use tokio::sync::watch;
 
-use super::status::{self, EVENT_ACTION};
+use super::metrics::ControllerMetrics;
+use super::status::{self, EVENT_ACTION, Observed};
+use super::stores::Stores;
 use super::{Error, FIELD_MANAGER, record_binding_metrics};
+use crate::aws::StsEndpointAllowlist;
 use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
-use crate::inject::LABEL_BINDING;
-use crate::operator::metrics::OperatorMetrics;
 
 /// How often a binding is reconciled without any change: a safety net for missed watch events,
 /// cheap because nothing is written when nothing changed.
@@ -27,18 +29,21 @@ pub const REQUEUE_AFTER: Duration = Duration::from_secs(5 * 60);
 /// First retry after a failed reconcile; doubled on every further failure of the same binding.
 const RETRY_BASE: Duration = Duration::from_secs(5);
 
-/// What every reconcile needs: the API client, the Event recorder, metrics, and the caches.
+/// What every reconcile needs: the API client, the Event recorder, metrics, the caches, whether
+/// this replica leads, and the operator's STS endpoint policy.
 pub struct Context {
     /// Writes statuses.
     pub client: Client,
     /// Publishes Events on bindings.
     pub recorder: Recorder,
     /// `credvend_reconciles_total`, `credvend_reconcile_errors_total`, `credvend_bindings`.
-    pub metrics: OperatorMetrics,
-    /// Metadata of pods labelled `credvend.io/binding`.
-    pub pods: Store<PartialObjectMeta<Pod>>,
-    /// All bindings (for the `credvend_bindings` gauge).
-    pub bindings: Store<AWSRoleBinding>,
+    pub metrics: ControllerMetrics,
+    /// The bindings cache and the pod index.
+    pub stores: Stores,
+    /// True while this replica leads (always, without leader election).
+    pub leading: watch::Receiver<bool>,
+    /// STS endpoints bindings may name.
+    pub allowed: StsEndpointAllowlist,
     /// Consecutive failures per binding (`namespace/name`), for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -48,16 +53,18 @@ impl Context {
     pub fn new(
         client: Client,
         recorder: Recorder,
-        metrics: OperatorMetrics,
-        pods: Store<PartialObjectMeta<Pod>>,
-        bindings: Store<AWSRoleBinding>,
+        metrics: ControllerMetrics,
+        stores: Stores,
+        leading: watch::Receiver<bool>,
+        allowed: StsEndpointAllowlist,
     ) -> Self {
         Context {
             client,
             recorder,
             metrics,
-            pods,
-            bindings,
+            stores,
+            leading,
+            allowed,
             failures: Mutex::default(),
         }
     }
@@ -86,15 +93,29 @@ impl Context {
 /// that cannot be published is logged and counted but does not fail the reconcile, because a
 /// missing Event permission must not keep the status from being written.
 pub async fn reconcile(binding: Arc<AWSRoleBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Followers only cache; counting before the pod index is listed would write `pods: 0`.
+    // Both conditions turning true reconcile every binding (see `super::run`).
+    if !*ctx.leading.borrow() || !ctx.stores.pods.is_listed() {
+        return Ok(Action::await_change());
+    }
     let qualified = binding.qualified_name();
     let namespace = binding
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(binding.name_any()))?;
     let name = binding.name_any();
 
-    let pods = count_pods(&ctx.pods, &namespace, &name);
+    let pods = ctx
+        .stores
+        .pods
+        .count(&ObjectRef::new(&name).within(&namespace));
+    let same_service_account = same_service_account(&ctx.stores, &binding, &namespace);
     let previous = binding.status.as_ref();
-    let desired = status::desired_status(&binding, pods, previous, now());
+    let observed = Observed {
+        pods,
+        same_service_account: &same_service_account,
+        allowed: &ctx.allowed,
+    };
+    let desired = status::desired_status(&binding, &observed, previous, now());
 
     if let Some(event) = status::transition(previous, &desired) {
         let published = ctx
@@ -135,7 +156,7 @@ pub async fn reconcile(binding: Arc<AWSRoleBinding>, ctx: Arc<Context>) -> Resul
 
     ctx.succeeded(&qualified);
     ctx.metrics.reconciles.with_label_values(&["success"]).inc();
-    record_binding_metrics(&ctx.bindings, &ctx.metrics);
+    record_binding_metrics(&ctx.stores.bindings, &ctx.metrics);
     Ok(Action::requeue(REQUEUE_AFTER))
 }
 
@@ -156,19 +177,21 @@ fn retry_delay(failures: u32) -> Duration {
     RETRY_BASE.saturating_mul(1 << doublings).min(REQUEUE_AFTER)
 }
 
-/// Pods of the binding's namespace labelled with its name, not counting pods being deleted
-/// (they are on their way out and no longer start with credentials).
-fn count_pods(pods: &Store<PartialObjectMeta<Pod>>, namespace: &str, name: &str) -> i32 {
-    let count = pods
+/// The other cached bindings of `namespace` that name the same service account, sorted.
+fn same_service_account(stores: &Stores, binding: &AWSRoleBinding, namespace: &str) -> Vec<String> {
+    let mut names: Vec<String> = stores
+        .bindings
         .state()
         .iter()
-        .filter(|pod| {
-            pod.metadata.namespace.as_deref() == Some(namespace)
-                && pod.metadata.deletion_timestamp.is_none()
-                && pod.labels().get(LABEL_BINDING).map(String::as_str) == Some(name)
+        .filter(|other| {
+            other.metadata.namespace.as_deref() == Some(namespace)
+                && other.metadata.name != binding.metadata.name
+                && other.spec.service_account_name == binding.spec.service_account_name
         })
-        .count();
-    i32::try_from(count).unwrap_or(i32::MAX)
+        .map(|other| other.name_any())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Applies the status with server-side apply, owning exactly the fields it sets; `force`

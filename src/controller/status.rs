@@ -10,9 +10,14 @@
 //!   refresh windows) stays `True` — pods work — but the reason becomes the warning's
 //!   (`SessionDurationTooShort`) and the message carries the warning. A reason other than
 //!   `Valid` on a `True` condition is the signal tooling can key on without parsing messages.
+//! - A valid binding whose service account another binding of the namespace names too stays
+//!   `True` — pods that name it with `credvend.io/binding` work — but with reason
+//!   `AmbiguousServiceAccount` and a message naming the other bindings and the fix, because
+//!   every pod that asks with `credvend.io/inject: "true"` is refused as ambiguous.
 //! - An invalid binding is `False` with the error's reason, or `InvalidSpec` when several
 //!   different things are wrong, and a message listing every problem so one round of fixes is
-//!   enough.
+//!   enough. A `stsEndpoint` outside the operator's allowed list is such a problem
+//!   (`StsEndpointNotAllowed`): the webhook refuses its pods.
 //! - `lastTransitionTime` moves only when the status or the reason changes; a reworded message
 //!   (say, a different invalid ARN) keeps it.
 
@@ -21,7 +26,8 @@ use std::borrow::Borrow;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
-use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus, CONDITION_READY, SpecError, validate};
+use crate::aws::StsEndpointAllowlist;
+use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus, CONDITION_READY, SpecError, validate_for};
 
 /// Reason of a `Ready=True` condition without warnings.
 pub const REASON_VALID: &str = "Valid";
@@ -29,6 +35,8 @@ pub const REASON_VALID: &str = "Valid";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// Reason of a `Ready=True` condition with warnings of different kinds.
 pub const REASON_VALID_WITH_WARNINGS: &str = "ValidWithWarnings";
+/// Reason of a `Ready=True` condition when other bindings name the same service account.
+pub const REASON_AMBIGUOUS: &str = "AmbiguousServiceAccount";
 /// Reason of the Normal Event published when a binding becomes usable.
 pub const EVENT_REASON_READY: &str = "Ready";
 /// The Event `action` (what the controller was doing when it noticed).
@@ -62,19 +70,30 @@ pub struct Readiness {
     pub unknown: i64,
 }
 
+/// What the controller knows about a binding beyond its own spec.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// Pods labelled for the binding.
+    pub pods: i32,
+    /// The other bindings of its namespace that name the same service account, sorted.
+    pub same_service_account: &'a [String],
+    /// The operator's STS endpoint policy.
+    pub allowed: &'a StsEndpointAllowlist,
+}
+
 /// The status the controller wants `binding` to have.
 ///
-/// `pods` is the number of pods labelled for the binding; `previous` is the status currently
-/// stored (it supplies `lastTransitionTime` when the condition did not really change); `now`
-/// stamps a transition.
+/// `previous` is the status currently stored (it supplies `lastTransitionTime` when the
+/// condition did not really change); `now` stamps a transition.
 pub fn desired_status(
     binding: &AWSRoleBinding,
-    pods: i32,
+    observed: &Observed<'_>,
     previous: Option<&AWSRoleBindingStatus>,
     now: Time,
 ) -> AWSRoleBindingStatus {
     let generation = binding.metadata.generation;
-    let (status, reason, message) = ready_condition(binding);
+    let pods = observed.pods;
+    let (status, reason, message) = ready_condition(binding, observed);
     let last_transition_time = previous
         .and_then(ready)
         .filter(|c| c.status == status && c.reason == reason)
@@ -171,24 +190,35 @@ pub fn ready(status: &AWSRoleBindingStatus) -> Option<&Condition> {
         .find(|c| c.type_ == CONDITION_READY)
 }
 
-/// `(status, reason, message)` of the `Ready` condition for the binding's spec.
-fn ready_condition(binding: &AWSRoleBinding) -> (&'static str, String, String) {
+/// `(status, reason, message)` of the `Ready` condition.
+fn ready_condition(
+    binding: &AWSRoleBinding,
+    observed: &Observed<'_>,
+) -> (&'static str, String, String) {
     let spec = &binding.spec;
-    match validate(spec) {
+    match validate_for(spec, observed.allowed) {
         Ok(validated) => {
             let grant = format!(
                 "pods of service account {:?} may use role {} (sessions of {})",
                 spec.service_account_name, spec.role_arn, spec.session_duration
             );
-            let reason = match validated.warnings.as_slice() {
+            let mut warnings: Vec<(&'static str, String)> = validated
+                .warnings
+                .iter()
+                .map(|w| (w.reason(), w.to_string()))
+                .collect();
+            if let Some(warning) =
+                ambiguity(&spec.service_account_name, observed.same_service_account)
+            {
+                warnings.push((REASON_AMBIGUOUS, warning));
+            }
+            let reason = match warnings.as_slice() {
                 [] => REASON_VALID,
-                [first, rest @ ..] if rest.iter().all(|w| w.reason() == first.reason()) => {
-                    first.reason()
-                }
+                [(first, _), rest @ ..] if rest.iter().all(|(r, _)| r == first) => first,
                 _ => REASON_VALID_WITH_WARNINGS,
             };
             let message = std::iter::once(grant)
-                .chain(validated.warnings.iter().map(|w| format!("warning: {w}")))
+                .chain(warnings.iter().map(|(_, w)| format!("warning: {w}")))
                 .collect::<Vec<_>>()
                 .join("; ");
             ("True", reason.to_owned(), message)
@@ -199,6 +229,18 @@ fn ready_condition(binding: &AWSRoleBinding) -> (&'static str, String, String) {
             error_message(&errors),
         ),
     }
+}
+
+/// The warning when `others` name the same service account, if any do.
+fn ambiguity(service_account: &str, others: &[String]) -> Option<String> {
+    let (verb, list) = match others {
+        [] => return None,
+        [one] => ("also names", format!("AWSRoleBinding {one}")),
+        many => ("also name", format!("AWSRoleBindings {}", many.join(", "))),
+    };
+    Some(format!(
+        "{list} {verb} service account {service_account:?}, so pods that ask with credvend.io/inject: \"true\" are refused as ambiguous; give them the annotation credvend.io/binding: <name>, or keep one binding per service account"
+    ))
 }
 
 fn error_reason(errors: &[SpecError]) -> &'static str {
@@ -248,6 +290,16 @@ mod tests {
 
     use super::*;
     use crate::crd::AWSRoleBindingSpec;
+
+    fn pods(pods: i32) -> Observed<'static> {
+        static AWS: std::sync::LazyLock<StsEndpointAllowlist> =
+            std::sync::LazyLock::new(StsEndpointAllowlist::aws);
+        Observed {
+            pods,
+            same_service_account: &[],
+            allowed: &AWS,
+        }
+    }
 
     const ROLE: &str = "arn:aws:iam::111122223333:role/s3-reader";
 
@@ -327,7 +379,7 @@ mod tests {
             ),
         ];
         for (spec, status, reason, texts) in cases {
-            let got = desired_status(&binding(spec.clone(), 3), 2, None, at(100));
+            let got = desired_status(&binding(spec.clone(), 3), &pods(2), None, at(100));
             let ready = ready(&got).unwrap();
             assert_eq!(
                 (ready.status.as_str(), ready.reason.as_str()),
@@ -349,6 +401,85 @@ mod tests {
     }
 
     #[test]
+    fn a_service_account_named_by_several_bindings_is_reported_with_the_fix() {
+        let aws = StsEndpointAllowlist::aws();
+        let observed = |others: &'static [String]| Observed {
+            pods: 0,
+            same_service_account: others,
+            allowed: &aws,
+        };
+        static ONE: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["dynamo".to_owned()]);
+        static TWO: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["dynamo".to_owned(), "sqs".to_owned()]);
+        let got = desired_status(&binding(spec(), 1), &observed(&ONE), None, at(1));
+        let condition = ready(&got).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", REASON_AMBIGUOUS)
+        );
+        for words in [
+            "AWSRoleBinding dynamo also names service account \"app\"",
+            "refused as ambiguous",
+            "credvend.io/binding: <name>",
+        ] {
+            assert!(
+                condition.message.contains(words),
+                "{words:?} in {}",
+                condition.message
+            );
+        }
+        let event = transition(None, &got).unwrap();
+        assert_eq!(
+            (event.type_, event.reason.as_str()),
+            (EventType::Warning, REASON_AMBIGUOUS)
+        );
+        let two = desired_status(&binding(spec(), 1), &observed(&TWO), None, at(1));
+        assert!(ready_message(&two).contains("AWSRoleBindings dynamo, sqs also name"));
+        // With a short session as well, both warnings are there under one reason.
+        let short = binding(with(|s| s.session_duration = "20m".into()), 1);
+        let both = desired_status(&short, &observed(&ONE), None, at(1));
+        assert_eq!(ready(&both).unwrap().reason, REASON_VALID_WITH_WARNINGS);
+        assert!(ready_message(&both).contains("sessionDuration 20m"));
+        // The other binding gone, the binding is plainly valid again.
+        let alone = desired_status(&binding(spec(), 1), &observed(&[]), Some(&got), at(2));
+        assert_eq!(ready(&alone).unwrap().reason, REASON_VALID);
+    }
+
+    #[test]
+    fn an_sts_endpoint_the_operator_does_not_allow_makes_the_binding_not_ready() {
+        let evil = binding(
+            with(|s| s.sts_endpoint = Some("https://tokens.example.com".into())),
+            1,
+        );
+        let got = desired_status(&evil, &pods(0), None, at(1));
+        let condition = ready(&got).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "StsEndpointNotAllowed")
+        );
+        assert!(
+            condition.message.contains("agent.allowedStsEndpoints"),
+            "{}",
+            condition.message
+        );
+        let allowed =
+            StsEndpointAllowlist::aws_and(&["https://tokens.example.com".into()]).unwrap();
+        let observed = Observed {
+            pods: 0,
+            same_service_account: &[],
+            allowed: &allowed,
+        };
+        assert!(
+            ready_message(&desired_status(&evil, &observed, None, at(1))).contains("may use role")
+        );
+    }
+
+    fn ready_message(status: &AWSRoleBindingStatus) -> String {
+        ready(status).unwrap().message.clone()
+    }
+
+    #[test]
     fn last_transition_time_moves_only_when_status_or_reason_changes() {
         let valid = spec();
         let short = with(|s| s.session_duration = "20m".into());
@@ -363,8 +494,13 @@ mod tests {
             (&valid, &short, false),
         ];
         for (before, after, kept) in cases {
-            let previous = desired_status(&binding(before.clone(), 1), 0, None, at(100));
-            let next = desired_status(&binding(after.clone(), 2), 5, Some(&previous), at(200));
+            let previous = desired_status(&binding(before.clone(), 1), &pods(0), None, at(100));
+            let next = desired_status(
+                &binding(after.clone(), 2),
+                &pods(5),
+                Some(&previous),
+                at(200),
+            );
             let time = &ready(&next).unwrap().last_transition_time;
             assert_eq!(time == &at(100), kept, "{before:?} -> {after:?}");
             assert_eq!(time == &at(200), !kept, "{before:?} -> {after:?}");
@@ -377,7 +513,7 @@ mod tests {
         let short = binding(with(|s| s.session_duration = "15m".into()), 2);
         let bad = binding(with(|s| s.role_arn = "arn:aws:iam::1234:role/x".into()), 3);
         let other_bad = binding(with(|s| s.role_arn = "arn:aws:iam::12:role/x".into()), 4);
-        let status = |b: &AWSRoleBinding, pods| desired_status(b, pods, None, at(1));
+        let status = |b: &AWSRoleBinding, n| desired_status(b, &pods(n), None, at(1));
         // (previous, desired, expected event type and reason)
         let cases = [
             (None, status(&valid, 0), Some((EventType::Normal, "Ready"))),
@@ -425,8 +561,8 @@ mod tests {
     #[test]
     fn an_unchanged_status_needs_no_update() {
         let b = binding(spec(), 1);
-        let current = desired_status(&b, 2, None, at(1));
-        let again = desired_status(&b, 2, Some(&current), at(50));
+        let current = desired_status(&b, &pods(2), None, at(1));
+        let again = desired_status(&b, &pods(2), Some(&current), at(50));
         assert!(!needs_update(Some(&current), &again));
         assert!(needs_update(None, &again));
         // Another manager's condition does not count.
@@ -443,17 +579,17 @@ mod tests {
         // Pod count, generation and condition changes do.
         assert!(needs_update(
             Some(&current),
-            &desired_status(&b, 3, Some(&current), at(50))
+            &desired_status(&b, &pods(3), Some(&current), at(50))
         ));
         let b2 = binding(spec(), 2);
         assert!(needs_update(
             Some(&current),
-            &desired_status(&b2, 2, Some(&current), at(50))
+            &desired_status(&b2, &pods(2), Some(&current), at(50))
         ));
         let bad = binding(with(|s| s.audience = " ".into()), 1);
         assert!(needs_update(
             Some(&current),
-            &desired_status(&bad, 2, Some(&current), at(50))
+            &desired_status(&bad, &pods(2), Some(&current), at(50))
         ));
     }
 
@@ -462,7 +598,7 @@ mod tests {
         // A role path just over IAM's limit makes the longest message a user can cause.
         let long_arn = format!("arn:aws:iam::111122223333:role/{}/x", "é".repeat(1000));
         let b = binding(with(|s| s.role_arn = long_arn), 1);
-        let status = desired_status(&b, 0, None, at(1));
+        let status = desired_status(&b, &pods(0), None, at(1));
         let event = transition(None, &status).unwrap();
         assert!(
             event.note.len() <= MAX_EVENT_NOTE_BYTES,
@@ -479,9 +615,9 @@ mod tests {
     fn bindings_are_counted_by_readiness_of_their_current_generation() {
         let fresh = binding(spec(), 1);
         let mut ready_one = binding(spec(), 1);
-        ready_one.status = Some(desired_status(&ready_one, 0, None, at(1)));
+        ready_one.status = Some(desired_status(&ready_one, &pods(0), None, at(1)));
         let mut invalid = binding(with(|s| s.audience = String::new()), 1);
-        invalid.status = Some(desired_status(&invalid, 0, None, at(1)));
+        invalid.status = Some(desired_status(&invalid, &pods(0), None, at(1)));
         let mut stale = ready_one.clone();
         stale.metadata.generation = Some(2);
         let mut no_condition = binding(spec(), 1);

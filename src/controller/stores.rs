@@ -1,172 +1,174 @@
-//! The two in-memory caches every replica keeps, and the stream of reconcile requests derived
-//! from their watch events.
+//! The two watches every replica runs, the caches they fill, and the streams through which
+//! their events reach the controller.
 //!
-//! The caches live as long as the process, independent of leadership, because the webhook
-//! reads bindings from them on every replica. The watch events that fill them are also turned
-//! into "binding X may have changed" notices on a broadcast channel: a binding event names the
-//! binding itself, a pod event names the binding in the pod's `credvend.io/binding` label (its
-//! pod count changed). A controller that starts subscribes to those notices.
+//! One watch of bindings (all namespaces) fills a reflector store: the webhook reads it on
+//! every admission, and the same watch's events drive the controller, so one watch feeds both.
+//! One metadata-only watch of the pods labelled `credvend.io/binding` keeps the [`PodIndex`]:
+//! the label is all the count needs. kube-runtime's `watcher` over `Api<PartialObjectMeta<Pod>>`
+//! is its metadata watch (it sends `Accept: …;as=PartialObjectMetadataList`, and the older
+//! `metadata_watcher` is deprecated in its favour); a test below holds it to that.
+//!
+//! Why not kube-runtime's shared store (`store_shared`, `Controller::for_shared_stream`): its
+//! subscriber stream, handed the key of an object deleted before it reads it, returns
+//! `Pending` without arranging to be woken, so inside the controller's `SelectAll` it is never
+//! polled again; its buffer then fills and the watch, held back by backpressure, stops
+//! updating the webhook's cache. Driving the controller from the watch's own events costs
+//! nothing and cannot stall: each event becomes the bindings to reconcile (every binding of the
+//! namespace, since one binding's service account can make another ambiguous, and every
+//! binding after a relist).
+//!
+//! The watches are driven by the controller's task ([`super::run`]), which runs on every
+//! replica for the process's whole life (followers only skip the writes), so the webhook's
+//! cache stays current whoever leads. [`Stores::bindings_synced`] says when the bindings cache
+//! holds its first full list; it is set from the watch's own `InitDone`, never by waiting on
+//! the store, because a store's readiness future wakes only one waiter and the controller is
+//! already waiting on it.
 
-use std::collections::VecDeque;
-
-use futures::{Stream, StreamExt as _, future};
+use futures::stream::BoxStream;
+use futures::{StreamExt as _, future};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
-use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
+use super::pods::PodIndex;
 use crate::crd::AWSRoleBinding;
 use crate::inject::LABEL_BINDING;
 
-/// Notices buffered per subscriber. A subscriber that falls further behind (a relist of many
-/// pods while it is busy) misses some and then reconciles every binding instead, which is
-/// always correct, only slower.
-const CHANGES_CAPACITY: usize = 1024;
-
-/// The caches shared by the controller and the webhook. Cloning is cheap (shared handles).
+/// What the webhook and the health endpoint read. Cloning is cheap (shared handles).
 #[derive(Clone)]
 pub struct Stores {
     /// Every `AWSRoleBinding` of the cluster.
     pub bindings: Store<AWSRoleBinding>,
-    /// Metadata of every pod labelled `credvend.io/binding` (metadata only: the controller
-    /// needs the label, and full pods would cost far more memory).
-    pub pods: Store<PartialObjectMeta<Pod>>,
-    changes: broadcast::Sender<ObjectRef<AWSRoleBinding>>,
+    /// Pods per binding.
+    pub pods: PodIndex,
+    bindings_synced: watch::Receiver<bool>,
+    pods_synced: watch::Receiver<bool>,
 }
 
 impl Stores {
-    /// Empty caches fed by the returned writers instead of a watch, for tests.
+    /// Whether the bindings cache holds its first full list, so the webhook does not decide
+    /// from an empty store.
+    pub fn bindings_synced(&self) -> bool {
+        *self.bindings_synced.borrow()
+    }
+
+    /// Whether the pod index holds its first full list.
+    pub fn pods_synced(&self) -> bool {
+        *self.pods_synced.borrow()
+    }
+
+    /// Listed, empty caches: the bindings store fed by the returned writer instead of a watch,
+    /// the pod index through [`PodIndex::apply`], for tests.
     #[cfg(test)]
-    pub(crate) fn for_tests() -> (
-        Self,
-        reflector::store::Writer<AWSRoleBinding>,
-        reflector::store::Writer<PartialObjectMeta<Pod>>,
-    ) {
-        let (bindings, bindings_writer) = reflector::store();
-        let (pods, pods_writer) = reflector::store();
-        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+    pub(crate) fn for_tests() -> (Self, reflector::store::Writer<AWSRoleBinding>) {
+        let (bindings, writer) = reflector::store();
+        let pods = PodIndex::default();
+        pods.apply(&watcher::Event::Init);
+        pods.apply(&watcher::Event::InitDone);
+        let (_, listed) = watch::channel(true);
         (
             Stores {
                 bindings,
                 pods,
-                changes,
+                bindings_synced: listed.clone(),
+                pods_synced: listed,
             },
-            bindings_writer,
-            pods_writer,
+            writer,
         )
     }
 
-    /// Which bindings to reconcile: all of them once both caches are filled, then each binding
-    /// a watch event concerns, and all of them again whenever notices were missed.
-    ///
-    /// The subscription is taken before the initial listing, so nothing that happens in
-    /// between is lost.
-    pub(crate) fn reconcile_requests(
-        &self,
-    ) -> impl Stream<Item = ObjectRef<AWSRoleBinding>> + use<> {
-        let receiver = self.changes.subscribe();
-        let bindings = self.bindings.clone();
-        let pods = self.pods.clone();
-        let initial = {
-            let bindings = bindings.clone();
-            futures::stream::once(async move {
-                // Counting pods before the pod cache is filled would write `pods: 0` everywhere.
-                let ready =
-                    future::join(bindings.wait_until_ready(), pods.wait_until_ready()).await;
-                match ready {
-                    (Ok(()), Ok(())) => all(&bindings),
-                    _ => VecDeque::new(),
-                }
-            })
-        };
-        let updates = futures::stream::unfold(receiver, move |mut receiver| {
-            let bindings = bindings.clone();
-            async move {
-                let batch = match receiver.recv().await {
-                    Ok(binding) => VecDeque::from([binding]),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "missed binding notices; reconciling all bindings");
-                        all(&bindings)
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                Some((batch, receiver))
-            }
-        });
-        initial.chain(updates).flat_map(futures::stream::iter)
+    pub(super) fn synced_receivers(&self) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
+        (self.bindings_synced.clone(), self.pods_synced.clone())
     }
 }
 
-fn all(bindings: &Store<AWSRoleBinding>) -> VecDeque<ObjectRef<AWSRoleBinding>> {
-    bindings
-        .state()
-        .iter()
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
-        .collect()
+/// The watch streams, to be driven by the controller; see the module documentation.
+pub struct Watches {
+    /// The bindings watch; yields every binding of a namespace whose bindings changed
+    /// (created, edited, deleted), and every binding after a (re)list.
+    pub(super) bindings: BoxStream<'static, ObjectRef<AWSRoleBinding>>,
+    /// The pod watch; yields the bindings whose pod count changed.
+    pub(super) pods: BoxStream<'static, ObjectRef<AWSRoleBinding>>,
 }
 
-/// Starts the watches of bindings (all namespaces) and of pods labelled `credvend.io/binding`
-/// (all namespaces, metadata only), returns their caches, and the task that drives both.
-///
-/// The task runs until aborted; watch errors are logged and retried with kube-runtime's default
-/// backoff. `Store::wait_until_ready` tells when a cache holds its first full list.
-pub fn start_reflectors(client: Client) -> (Stores, JoinHandle<()>) {
-    let (bindings, bindings_writer) = reflector::store();
-    let (pods, pods_writer) = reflector::store();
-    let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+/// Sets up the watches of bindings and of labelled pods (metadata only), both cluster-wide.
+/// Nothing is requested until the returned [`Watches`] are driven by [`super::run`]; watch
+/// errors are logged and retried with kube-runtime's default backoff.
+pub fn watches(client: Client) -> (Stores, Watches) {
+    let (bindings, writer) = reflector::store();
+    let (bindings_synced_tx, bindings_synced) = watch::channel(false);
+    let (pods_synced_tx, pods_synced) = watch::channel(false);
 
-    let binding_changes = changes.clone();
-    let bindings_watch = watcher(
+    let store = bindings.clone();
+    let bindings_stream = watcher(
         Api::<AWSRoleBinding>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .reflect(bindings_writer)
-    .for_each(move |event| {
-        match event {
-            Ok(event) => {
-                if let Some(binding) = touched(&event) {
-                    // No receiver (no controller running here) is normal: followers only cache.
-                    let _ = binding_changes.send(ObjectRef::from_obj(binding));
-                }
+    .reflect(writer)
+    .filter_map(move |event| {
+        // The store has applied the event already: it holds what the event left.
+        let peers = match event {
+            Ok(watcher::Event::InitDone) => {
+                bindings_synced_tx.send_replace(true);
+                all(&store)
             }
-            Err(error) => tracing::warn!(%error, "watching AWSRoleBindings"),
-        }
-        future::ready(())
-    });
+            // The relisted objects reach the store at `InitDone`.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Vec::new(),
+            Ok(event) => touched(&event)
+                .and_then(|binding| binding.namespace())
+                .map(|namespace| in_namespace(&store, &namespace))
+                .unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "watching AWSRoleBindings");
+                Vec::new()
+            }
+        };
+        future::ready(Some(futures::stream::iter(peers)))
+    })
+    .flatten()
+    .boxed();
 
-    let pod_changes = changes.clone();
-    let pods_watch = watcher(
+    let index = PodIndex::default();
+    let pod_index = index.clone();
+    let pods_stream = watcher(
         Api::<PartialObjectMeta<Pod>>::all(client),
         watcher::Config::default().labels(LABEL_BINDING),
     )
     .default_backoff()
-    .reflect(pods_writer)
-    .for_each(move |event| {
-        match event {
+    .map(move |event| {
+        let changed = match event {
             Ok(event) => {
-                if let Some(binding) = touched(&event).and_then(binding_of) {
-                    let _ = pod_changes.send(binding);
+                let changed = pod_index.apply(&event);
+                if matches!(event, watcher::Event::InitDone) {
+                    pods_synced_tx.send_replace(true);
                 }
+                changed
             }
-            Err(error) => tracing::warn!(%error, "watching pods labelled {LABEL_BINDING}"),
-        }
-        future::ready(())
-    });
+            Err(error) => {
+                tracing::warn!(%error, "watching pods labelled {LABEL_BINDING}");
+                Vec::new()
+            }
+        };
+        futures::stream::iter(changed)
+    })
+    .flatten()
+    .boxed();
 
-    let task = tokio::spawn(async move {
-        future::join(bindings_watch, pods_watch).await;
-    });
     (
         Stores {
             bindings,
-            pods,
-            changes,
+            pods: index,
+            bindings_synced,
+            pods_synced,
         },
-        task,
+        Watches {
+            bindings: bindings_stream,
+            pods: pods_stream,
+        },
     )
 }
 
@@ -181,25 +183,35 @@ fn touched<K>(event: &watcher::Event<K>) -> Option<&K> {
     }
 }
 
-/// The binding a labelled pod counts for: the label's value, in the pod's namespace.
-pub(crate) fn binding_of(pod: &PartialObjectMeta<Pod>) -> Option<ObjectRef<AWSRoleBinding>> {
-    let name = pod.labels().get(LABEL_BINDING)?;
-    let namespace = pod.namespace()?;
-    Some(ObjectRef::new(name).within(&namespace))
+/// Every cached binding.
+fn all(store: &Store<AWSRoleBinding>) -> Vec<ObjectRef<AWSRoleBinding>> {
+    store
+        .state()
+        .iter()
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+/// Every cached binding of `namespace`.
+pub(super) fn in_namespace(
+    store: &Store<AWSRoleBinding>,
+    namespace: &str,
+) -> Vec<ObjectRef<AWSRoleBinding>> {
+    store
+        .state()
+        .iter()
+        .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::time::Duration;
-
-    use futures::StreamExt as _;
     use kube::api::ObjectMeta;
 
     use super::*;
-
-    const DEADLINE: Duration = Duration::from_secs(10);
 
     fn binding(ns: &str, name: &str) -> AWSRoleBinding {
         AWSRoleBinding {
@@ -217,59 +229,6 @@ mod tests {
         }
     }
 
-    fn pod(ns: Option<&str>, label: Option<&str>) -> PartialObjectMeta<Pod> {
-        PartialObjectMeta {
-            metadata: ObjectMeta {
-                name: Some("p".into()),
-                namespace: ns.map(Into::into),
-                labels: label.map(|l| [(LABEL_BINDING.to_owned(), l.to_owned())].into()),
-                ..ObjectMeta::default()
-            },
-            ..PartialObjectMeta::default()
-        }
-    }
-
-    fn key(ns: &str, name: &str) -> ObjectRef<AWSRoleBinding> {
-        ObjectRef::new(name).within(ns)
-    }
-
-    /// A full list, as the watcher delivers it at start: the store becomes ready.
-    fn list<K: kube::Resource + Clone>(writer: &mut reflector::store::Writer<K>, objects: &[K])
-    where
-        K::DynamicType: Eq + std::hash::Hash + Clone,
-    {
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for object in objects {
-            writer.apply_watcher_event(&watcher::Event::InitApply(object.clone()));
-        }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-    }
-
-    async fn next_batch(
-        requests: &mut (impl Stream<Item = ObjectRef<AWSRoleBinding>> + Unpin),
-        n: usize,
-    ) -> Vec<String> {
-        let mut batch = Vec::new();
-        for _ in 0..n {
-            let next = tokio::time::timeout(DEADLINE, requests.next()).await;
-            batch.push(next.unwrap().unwrap().to_string());
-        }
-        batch.sort();
-        batch
-    }
-
-    #[test]
-    fn a_pod_counts_for_the_binding_named_by_its_label_in_its_namespace() {
-        let cases = [
-            (pod(Some("team-a"), Some("s3")), Some(key("team-a", "s3"))),
-            (pod(Some("team-a"), None), None),
-            (pod(None, Some("s3")), None),
-        ];
-        for (pod, want) in cases {
-            assert_eq!(binding_of(&pod), want, "{pod:?}");
-        }
-    }
-
     #[test]
     fn watch_events_name_the_objects_they_touch() {
         let b = binding("team-a", "s3");
@@ -280,48 +239,50 @@ mod tests {
         assert!(touched::<AWSRoleBinding>(&watcher::Event::InitDone).is_none());
     }
 
+    /// The pod watch's first request, on a mocked API server: a list of labelled pods' metadata.
     #[tokio::test]
-    async fn requests_start_with_every_binding_once_both_caches_are_listed() {
-        let (stores, mut bindings, mut pods) = Stores::for_tests();
-        let mut requests = Box::pin(stores.reconcile_requests());
-        list(&mut bindings, &[binding("a", "x"), binding("b", "y")]);
-        // A notice sent before the pod cache is ready is kept, not lost.
-        stores.changes.send(key("a", "x")).unwrap();
-        let early = tokio::time::timeout(Duration::from_millis(50), requests.next()).await;
-        assert!(early.is_err(), "nothing before the pod cache is ready");
-        list(&mut pods, &[]);
-        assert_eq!(
-            next_batch(&mut requests, 2).await,
-            [
-                "AWSRoleBinding.v1alpha1.credvend.io/x.a",
-                "AWSRoleBinding.v1alpha1.credvend.io/y.b"
-            ]
+    async fn the_pod_watch_asks_the_api_server_for_metadata_only() {
+        use futures::StreamExt as _;
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let (_stores, mut watches) = watches(Client::new(service, "default"));
+        let poll = tokio::spawn(async move { watches.pods.next().await });
+        let (request, _send) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), handle.next_request())
+                .await
+                .unwrap()
+                .unwrap();
+        poll.abort();
+        assert_eq!(request.uri().path(), "/api/v1/pods");
+        assert!(
+            request
+                .uri()
+                .query()
+                .unwrap()
+                .contains("labelSelector=credvend.io%2Fbinding"),
+            "{}",
+            request.uri()
         );
         assert_eq!(
-            next_batch(&mut requests, 1).await,
-            ["AWSRoleBinding.v1alpha1.credvend.io/x.a"]
+            request.headers()[http::header::ACCEPT],
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
         );
     }
 
-    #[tokio::test]
-    async fn missed_notices_turn_into_a_request_for_every_binding() {
-        let (stores, mut bindings, mut pods) = Stores::for_tests();
-        list(&mut bindings, &[binding("a", "x"), binding("b", "y")]);
-        list(&mut pods, &[]);
-        let mut requests = Box::pin(stores.reconcile_requests());
-        assert_eq!(next_batch(&mut requests, 2).await.len(), 2);
-        for _ in 0..CHANGES_CAPACITY + 10 {
-            stores.changes.send(key("a", "x")).unwrap();
+    #[test]
+    fn a_change_concerns_every_binding_of_its_namespace() {
+        let (store, mut writer) = reflector::store();
+        for b in [binding("a", "x"), binding("a", "y"), binding("b", "z")] {
+            writer.apply_watcher_event(&watcher::Event::Apply(b));
         }
-        stores.changes.send(key("b", "y")).unwrap();
-        // The oldest notices were dropped: every binding once, then what was kept.
-        let all = next_batch(&mut requests, 2).await;
-        assert_eq!(
-            all,
-            [
-                "AWSRoleBinding.v1alpha1.credvend.io/x.a",
-                "AWSRoleBinding.v1alpha1.credvend.io/y.b"
-            ]
-        );
+        let mut names: Vec<String> = in_namespace(&store, "a")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x", "y"]);
+        assert!(in_namespace(&store, "c").is_empty());
     }
 }

@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    AGENT_CONTAINER_NAME, AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME, AgentResources,
-    InjectSettings, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    AGENT_CONTAINER_NAME, API_TOKEN_MOUNT_PATH, AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME,
+    AgentResources, InjectSettings, NO_API_TOKEN_VOLUME, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME,
 };
 use crate::crd::AWSRoleBinding;
 
@@ -69,6 +70,14 @@ pub(super) fn container(
             VolumeMount {
                 name: AUTH_VOLUME.to_owned(),
                 mount_path: AUTH_MOUNT_PATH.to_owned(),
+                ..VolumeMount::default()
+            },
+            // Something at the API token path keeps the ServiceAccount admission plugin from
+            // mounting the Kubernetes API token: the agent never talks to the API server.
+            VolumeMount {
+                name: NO_API_TOKEN_VOLUME.to_owned(),
+                mount_path: API_TOKEN_MOUNT_PATH.to_owned(),
+                read_only: Some(true),
                 ..VolumeMount::default()
             },
         ]),
@@ -174,8 +183,9 @@ fn resources(r: &AgentResources) -> ResourceRequirements {
     }
 }
 
-/// `credvend-token` (mounted only into the agent) and `credvend-auth`.
-pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 2] {
+/// `credvend-token` (mounted only into the agent), `credvend-auth`, and the empty
+/// `credvend-no-api-token`.
+pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 3] {
     let token = Volume {
         name: TOKEN_VOLUME.to_owned(),
         projected: Some(ProjectedVolumeSource {
@@ -200,5 +210,100 @@ pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [V
         }),
         ..Volume::default()
     };
-    [token, auth]
+    let no_api_token = Volume {
+        name: NO_API_TOKEN_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity("1Ki".to_owned())),
+        }),
+        ..Volume::default()
+    };
+    [token, auth, no_api_token]
+}
+
+/// Whether `found` (the pod's init container named like the agent) and the pod's volumes are
+/// the agent exactly as [`container`] and [`volumes`] would make them for this binding and
+/// port: every field we set has our value. Fields we leave unset may carry values (the API
+/// server defaults probe thresholds, `terminationMessagePath`, env `apiVersion`s after our
+/// patch), except `command`, which would replace what the agent runs. Quantities (resources,
+/// `sizeLimit`) are left out of the comparison: the API server rewrites them in canonical
+/// form (`0.5Gi` becomes `512Mi`), and they do not change what the agent does.
+pub(super) fn check_ours(
+    found: &Container,
+    spec: &PodSpec,
+    binding: &AWSRoleBinding,
+    port: u16,
+    settings: &InjectSettings,
+) -> Result<(), &'static str> {
+    if found.command.is_some() {
+        return Err("it sets a command");
+    }
+    let mut want = json(&container(binding, port, settings));
+    if let Some(fields) = want.as_object_mut() {
+        fields.remove("resources");
+    }
+    if !covers(&want, &json(found)) {
+        return Err(
+            "its image, arguments, mounts or security settings differ from what credvend injects for the binding",
+        );
+    }
+    for volume in volumes(binding, settings) {
+        let mut want = json(&volume);
+        if let Some(empty_dir) = want.get_mut("emptyDir").and_then(|e| e.as_object_mut()) {
+            empty_dir.remove("sizeLimit");
+        }
+        let ours = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == volume.name)
+            .is_some_and(|v| covers(&want, &json(v)));
+        if !ours {
+            return Err("the volumes credvend adds with it are missing or differ");
+        }
+    }
+    Ok(())
+}
+
+/// Fields the API server fills in when we leave them unset (container, probe, env, port and
+/// volume defaults), and the quantities we leave out of the comparison. Any other field the
+/// pod sets on our agent or its volumes (a `lifecycle` hook, `envFrom`, `privileged`, …) makes
+/// it not ours.
+const DEFAULTED: [&str; 11] = [
+    "sizeLimit",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "imagePullPolicy",
+    "resources",
+    "successThreshold",
+    "scheme",
+    "apiVersion",
+    "defaultMode",
+    "protocol",
+    "initialDelaySeconds",
+];
+
+/// `want` is contained in `got`: objects may have more keys only among [`DEFAULTED`], arrays
+/// must match item by item.
+fn covers(want: &serde_json::Value, got: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (want, got) {
+        (Value::Object(want), Value::Object(got)) => {
+            want.iter()
+                .all(|(key, w)| got.get(key).is_some_and(|g| covers(w, g)))
+                && got
+                    .keys()
+                    .all(|key| want.contains_key(key) || DEFAULTED.contains(&key.as_str()))
+        }
+        (Value::Array(want), Value::Array(got)) => {
+            want.len() == got.len() && want.iter().zip(got).all(|(w, g)| covers(w, g))
+        }
+        _ => want == got,
+    }
+}
+
+/// Kubernetes types always serialize (plain structs, maps with string keys); the impossible
+/// failure gives `null`, which covers nothing we build and so counts as "not ours".
+fn json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
 }

@@ -21,6 +21,19 @@ const CREDENTIAL_ENV: [&str; 3] = [
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_PROFILE",
 ];
+/// Variables that an `envFrom` source could set and that credvend's own `env` entries do not
+/// override: each keeps some SDK from using credvend's credentials (`RELATIVE_URI` wins over
+/// `FULL_URI`; JS v2 and Java v1 send `AWS_CONTAINER_AUTHORIZATION_TOKEN` rather than read the
+/// token file).
+const ENV_FROM_SHADOWS: [&str; 5] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+];
+/// The warning when no container is left to configure.
+pub(super) const EVERY_CONTAINER_SKIPPED: &str = "credvend.io/skip-containers lists every container: the credvend agent runs, but no container is configured to use it";
 /// Prefixes of variables that configure the container provider itself.
 const CREDENTIAL_ENV_PREFIXES: [&str; 2] = [
     "AWS_CONTAINER_CREDENTIALS_",
@@ -76,6 +89,21 @@ pub(super) fn env_to_add(plan: &Plan<'_>, container: &Container) -> Vec<EnvVar> 
         .collect()
 }
 
+/// Whether `container` still lacks something credvend gives application containers (a
+/// container a later webhook added, seen on reinvocation).
+pub(super) fn needs_configuration(plan: &Plan<'_>, container: &Container) -> bool {
+    !has_auth_mount(container) || !env_to_add(plan, container).is_empty()
+}
+
+/// Whether the container already mounts the authorization token as credvend does.
+pub(super) fn has_auth_mount(container: &Container) -> bool {
+    container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == AUTH_VOLUME && m.mount_path == AUTH_MOUNT_PATH)
+}
+
 /// The read-only view of the authorization token.
 pub(super) fn auth_mount() -> VolumeMount {
     VolumeMount {
@@ -88,14 +116,12 @@ pub(super) fn auth_mount() -> VolumeMount {
 
 /// Admission warnings about the containers that get credentials. Kept short: kubectl prints
 /// each on its own line and the API server truncates long ones.
+///
+/// What an `envFrom` ConfigMap or Secret holds is not read: that would need read access to every
+/// Secret of the cluster, and the source can change after admission anyway. So a container with
+/// `envFrom` is warned, naming the variables that would shadow credvend's.
 pub(super) fn warnings(plan: &Plan<'_>) -> Vec<String> {
     let mut warnings = Vec::new();
-    if plan.targets.is_empty() {
-        warnings.push(
-            "credvend.io/skip-containers lists every container: the credvend agent runs, but no container is configured to use it"
-                .to_owned(),
-        );
-    }
     let desired = desired_env(plan);
     for target in &plan.targets {
         let container = target.container;
@@ -107,10 +133,19 @@ pub(super) fn warnings(plan: &Plan<'_>) -> Vec<String> {
                 conflicting.join(", ")
             ));
         }
+        if container.env_from.as_ref().is_none_or(|e| e.is_empty()) {
+            continue;
+        }
+        let (last, rest) = ENV_FROM_SHADOWS.split_last().unwrap_or((&"", &[]));
+        warnings.push(format!(
+            "container {:?} uses envFrom: {} or {last} from there keep AWS SDKs from using credvend",
+            container.name,
+            rest.join(", ")
+        ));
         let adds_region = env_to_add(plan, container)
             .iter()
             .any(|e| e.name == ENV_REGION);
-        if adds_region && container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        if adds_region {
             warnings.push(format!(
                 "container {:?} uses envFrom; if that sets AWS_REGION or AWS_DEFAULT_REGION, credvend's region from the binding takes precedence",
                 container.name

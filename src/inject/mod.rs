@@ -5,12 +5,23 @@
 //! that the webhook stays a thin wrapper that reads bindings from memory and translates a
 //! [`Decision`] into an `AdmissionResponse`. The rules: a pod is either injected completely or
 //! denied with a message that names the fix, never half-injected; the patch only *adds* (it
-//! never rewrites a container or the pod, so fields this code does not know survive); and a pod
-//! that is already injected is skipped, so reinvocation is harmless.
+//! never rewrites a container or the pod, so fields this code does not know survive).
+//!
+//! Whether a pod is already injected is decided from the pod itself, never from the markers
+//! credvend writes (`credvend.io/status`, the `credvend.io/binding` label), which a pod's author
+//! can write as well as we can: a pod is injected when it carries our agent exactly as we would
+//! inject it for the binding chosen now (image, arguments, mounts, security context; fields the
+//! API server defaults may be added). Every check runs on every pod, injected or not. A pod that
+//! carries our agent is *completed* instead of injected again: containers that a later webhook
+//! added (a mesh proxy, on reinvocation) get the environment and mount they lack, and the agent
+//! is never added twice. A pod that carries the markers without asking for credentials is
+//! refused, so a forged label cannot count toward a binding's status.
 //!
 //! The agent becomes the first init container, a native sidecar with a startup probe, so every
 //! other container of the pod, init containers included, starts once credentials are ready.
-//! That is why init containers get the credentials environment too.
+//! That is why init containers get the credentials environment too. The agent mounts an empty
+//! in-memory directory at the Kubernetes API token path, which makes the ServiceAccount
+//! admission plugin (re-run after our patch) leave it without an API token it never needs.
 
 mod agent;
 mod apps;
@@ -25,6 +36,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::crd::{self, AWSRoleBinding};
 
 pub use agent::METRICS_PORT_NAME;
+pub use select::label_change;
 pub use settings::{
     AgentResources, DEFAULT_AGENT_IMAGE, DEFAULT_METRICS_PORT, DEFAULT_PORT, InjectSettings,
 };
@@ -38,7 +50,8 @@ pub const ANNOTATION_BINDING: &str = "credvend.io/binding";
 pub const ANNOTATION_SKIP_CONTAINERS: &str = "credvend.io/skip-containers";
 /// Pod annotation: loopback port of the credentials endpoint.
 pub const ANNOTATION_PORT: &str = "credvend.io/port";
-/// Annotation written by the webhook; its presence makes admission idempotent.
+/// Annotation written by the webhook on the pods it injects (for people and tools; admission
+/// decides from the pod's containers, not from it).
 pub const ANNOTATION_STATUS: &str = "credvend.io/status";
 /// Value of [`ANNOTATION_STATUS`] on injected pods.
 pub const STATUS_INJECTED: &str = "injected";
@@ -53,6 +66,14 @@ pub const AGENT_CONTAINER_NAME: &str = "credvend-agent";
 pub const TOKEN_VOLUME: &str = "credvend-token";
 /// In-memory volume holding the authorization token the apps send.
 pub const AUTH_VOLUME: &str = "credvend-auth";
+/// Empty in-memory volume the agent mounts at [`API_TOKEN_MOUNT_PATH`], so the ServiceAccount
+/// admission plugin, which skips containers that already mount something there, gives the
+/// agent no Kubernetes API token.
+pub const NO_API_TOKEN_VOLUME: &str = "credvend-no-api-token";
+/// Where the ServiceAccount admission plugin mounts the Kubernetes API token.
+pub const API_TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Volume names credvend adds; a pod without our agent may not bring them.
+pub const RESERVED_VOLUMES: [&str; 3] = [TOKEN_VOLUME, AUTH_VOLUME, NO_API_TOKEN_VOLUME];
 /// Where the agent reads the projected token.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/credvend.io/serviceaccount";
 /// File name of the projected token inside [`TOKEN_MOUNT_PATH`].
@@ -84,6 +105,8 @@ pub enum Decision {
         warnings: Vec<String>,
         /// Name of the binding used.
         binding: String,
+        /// A fresh injection, or the completion of a pod that already carries our agent.
+        kind: Injection,
     },
     /// Admit unchanged.
     Skip {
@@ -97,6 +120,26 @@ pub enum Decision {
     },
 }
 
+/// What an [`Decision::Inject`] patch does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injection {
+    /// Adds the agent, its volumes, the markers and every container's environment.
+    Fresh,
+    /// The pod already carries our agent (reinvocation after another webhook, or a copied pod):
+    /// adds only what containers and markers lack.
+    Completed,
+}
+
+impl Injection {
+    /// The `result` label of `credvend_admissions_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Fresh => "injected",
+            Self::Completed => "completed",
+        }
+    }
+}
+
 /// Why a pod is admitted unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SkipReason {
@@ -108,8 +151,10 @@ pub enum SkipReason {
     /// `credvend.io/inject: "false"`.
     #[error("the pod opts out with credvend.io/inject: \"false\"")]
     OptedOut,
-    /// The pod carries `credvend.io/status: injected` (reinvocation, or a copied pod).
-    #[error("the pod is already injected (credvend.io/status: injected)")]
+    /// The pod carries our agent and every container is configured (reinvocation).
+    #[error(
+        "the pod already carries the credvend agent and every container is configured to use it"
+    )]
     AlreadyInjected,
 }
 
@@ -200,17 +245,30 @@ pub enum DenyReason {
     Windows,
     /// The pod brings its own container named like the agent.
     #[error(
-        "the pod already has a container named credvend-agent in spec.{list}, which credvend did not add; rename it, credvend reserves that name"
+        "the pod already has a container named credvend-agent in spec.{list}, which is not the agent credvend injects for this pod ({why}); remove it (with any credvend.io/status annotation and credvend.io/binding label) and let credvend add the agent, or rename it: credvend reserves that name"
     )]
     ForeignAgentContainer {
         /// `initContainers` or `containers`.
         list: &'static str,
+        /// How it differs.
+        why: &'static str,
     },
     /// The pod brings its own volume named like one of credvend's.
     #[error(
-        "the pod already has a volume named {0:?}, which credvend reserves; rename that volume"
+        "the pod already has a volume named {0:?}, which credvend reserves and did not add; rename that volume"
     )]
     ForeignVolume(String),
+    /// The pod carries what only credvend writes, without asking for credentials.
+    #[error(
+        "the pod carries {}, which only credvend writes when it injects a pod, but does not ask for credentials; remove what credvend writes, or ask for credentials with the annotation credvend.io/inject: \"true\"",
+        .0.join(" and ")
+    )]
+    MarkersWithoutInjection(Vec<String>),
+    /// An update adds or changes the `credvend.io/binding` label.
+    #[error(
+        "the label credvend.io/binding is written by credvend when it injects a pod and counts the pod for that AWSRoleBinding; it cannot be added or changed later (it may be removed); create the pod with credvend.io/inject: \"true\" or credvend.io/binding instead"
+    )]
+    BindingLabelChanged,
     /// A container already mounts something where the authorization token goes.
     #[error(
         "container {container:?} already mounts a volume at {path}, where credvend puts the authorization token; move that mount, or list the container in credvend.io/skip-containers"
@@ -299,6 +357,8 @@ impl DenyReason {
             Self::Windows => "windows",
             Self::ForeignAgentContainer { .. } => "foreign_agent_container",
             Self::ForeignVolume(_) => "foreign_volume",
+            Self::MarkersWithoutInjection(_) => "markers_without_injection",
+            Self::BindingLabelChanged => "binding_label_changed",
             Self::MountPathTaken { .. } => "mount_path_taken",
             Self::InvalidPort { .. } => "invalid_port",
             Self::CredentialsPortInUse { .. } => "credentials_port_in_use",
@@ -336,36 +396,82 @@ fn plan_and_build(
 ) -> Result<Decision, DenyReason> {
     let spec = pod.spec.as_ref().ok_or(DenyReason::NoSpec)?;
     let options = select::options(pod, spec, settings)?;
-    select::check_pod(spec, &options, settings)?;
+    let existing_agent = select::existing_agent(spec);
+    select::check_pod(spec, &options, settings, existing_agent.is_some())?;
     let service_account = select::service_account(spec);
     let binding = select::binding(requested, service_account, candidates)?;
-    let validated = check_binding(binding, candidates.namespace)?;
-    let plan = patch::Plan {
-        binding,
-        binding_name: binding_name(binding),
-        port: options.port,
-        targets: select::targets(spec, &options),
+    let validated = check_binding(binding, candidates.namespace, settings)?;
+    let binding_name = binding_name(binding);
+    let targets = select::targets(spec, &options);
+    let Some(agent_container) = existing_agent else {
+        let plan = patch::Plan {
+            binding,
+            binding_name,
+            port: options.port,
+            targets,
+        };
+        let patch = patch::build(pod, spec, &plan, settings)
+            .map_err(|e| DenyReason::Internal(e.to_string()))?;
+        let mut warnings: Vec<String> =
+            validated.warnings.iter().map(ToString::to_string).collect();
+        if plan.targets.is_empty() {
+            warnings.push(apps::EVERY_CONTAINER_SKIPPED.to_owned());
+        }
+        warnings.extend(apps::warnings(&plan));
+        return Ok(Decision::Inject {
+            patch,
+            warnings,
+            binding: binding_name.to_owned(),
+            kind: Injection::Fresh,
+        });
     };
-    let patch = patch::build(pod, spec, &plan, settings)
-        .map_err(|e| DenyReason::Internal(e.to_string()))?;
-    let mut warnings: Vec<String> = validated.warnings.iter().map(ToString::to_string).collect();
-    warnings.extend(apps::warnings(&plan));
+    agent::check_ours(agent_container, spec, binding, options.port, settings).map_err(|why| {
+        DenyReason::ForeignAgentContainer {
+            list: "initContainers",
+            why,
+        }
+    })?;
+    // Completion: only what is missing, so the agent and its volumes are never added twice.
+    let mut plan = patch::Plan {
+        binding,
+        binding_name,
+        port: options.port,
+        targets: Vec::new(),
+    };
+    let pending = targets
+        .into_iter()
+        .filter(|t| apps::needs_configuration(&plan, t.container))
+        .collect();
+    plan.targets = pending;
+    let patch = patch::complete(pod, &plan).map_err(|e| DenyReason::Internal(e.to_string()))?;
+    if patch.0.is_empty() {
+        return Ok(Decision::Skip {
+            reason: SkipReason::AlreadyInjected,
+        });
+    }
     Ok(Decision::Inject {
         patch,
-        warnings,
-        binding: plan.binding_name.to_owned(),
+        warnings: apps::warnings(&plan),
+        binding: binding_name.to_owned(),
+        kind: Injection::Completed,
     })
 }
 
-/// The binding must pass the controller's validation: an invalid one would give the pod an
-/// agent that can never obtain credentials.
-fn check_binding(binding: &AWSRoleBinding, namespace: &str) -> Result<crd::Validated, DenyReason> {
+/// The binding must pass the controller's validation and the operator's policy: an invalid
+/// one would give the pod an agent that can never obtain credentials, and one whose STS
+/// endpoint is not allowed would send the pod's token to whoever runs that endpoint.
+fn check_binding(
+    binding: &AWSRoleBinding,
+    namespace: &str,
+    settings: &InjectSettings,
+) -> Result<crd::Validated, DenyReason> {
     let name = binding_name(binding);
-    let mut problems: Vec<String> = match crd::validate(&binding.spec) {
-        Ok(validated) if name.len() <= crd::MAX_BINDING_NAME_LEN => return Ok(validated),
-        Ok(_) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    };
+    let mut problems: Vec<String> =
+        match crd::validate_for(&binding.spec, &settings.allowed_sts_endpoints) {
+            Ok(validated) if name.len() <= crd::MAX_BINDING_NAME_LEN => return Ok(validated),
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        };
     if name.len() > crd::MAX_BINDING_NAME_LEN {
         problems.push(
             "its name is longer than 63 characters and cannot label pods (credvend.io/binding)"

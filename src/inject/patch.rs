@@ -51,41 +51,86 @@ pub(super) fn build(
         ops.push(add(pointer(&["spec", "initContainers"]), [&agent])?);
     }
     for target in &plan.targets {
-        app_container(target, plan, &mut ops)?;
+        app_container(target, plan, true, &mut ops)?;
     }
     Ok(Patch(ops))
 }
 
-fn metadata(pod: &Pod, plan: &Plan<'_>, ops: &mut Ops) -> Result<(), serde_json::Error> {
-    let labels = [(LABEL_BINDING, plan.binding_name.to_owned())];
+/// The patch for a pod that already carries our agent: the markers it lacks (or carries with
+/// another value) and, for each of `plan.targets`, the environment and mount it lacks. Empty
+/// when there is nothing to do.
+pub(super) fn complete(pod: &Pod, plan: &Plan<'_>) -> Result<Patch, serde_json::Error> {
+    let mut ops = Ops::new();
+    let current = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
+        map.as_ref().and_then(|m| m.get(key)).cloned()
+    };
+    let labels: Vec<(&str, String)> = desired_labels(plan)
+        .into_iter()
+        .filter(|(k, v)| current(&pod.metadata.labels, k).as_ref() != Some(v))
+        .collect();
     add_entries(
-        ops,
+        &mut ops,
         pointer(&["metadata", "labels"]),
         pod.metadata.labels.is_some(),
         &labels,
     )?;
+    let annotations: Vec<(&str, String)> = desired_annotations(plan)
+        .into_iter()
+        .filter(|(k, _)| current(&pod.metadata.annotations, k).is_none())
+        .collect();
+    add_entries(
+        &mut ops,
+        pointer(&["metadata", "annotations"]),
+        pod.metadata.annotations.is_some(),
+        &annotations,
+    )?;
+    for target in &plan.targets {
+        app_container(target, plan, false, &mut ops)?;
+    }
+    Ok(Patch(ops))
+}
+
+fn desired_labels(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
+    vec![(LABEL_BINDING, plan.binding_name.to_owned())]
+}
+
+fn desired_annotations(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
     let mut annotations = vec![(ANNOTATION_STATUS, STATUS_INJECTED.to_owned())];
     if let Some(generation) = plan.binding.metadata.generation {
         annotations.push((ANNOTATION_BINDING_GENERATION, generation.to_string()));
     }
+    annotations
+}
+
+/// Labels and annotations, added or (for a key the pod already has, say a forged
+/// `credvend.io/binding`) replaced by `add`, which JSON Patch defines as replacing an existing
+/// member.
+fn metadata(pod: &Pod, plan: &Plan<'_>, ops: &mut Ops) -> Result<(), serde_json::Error> {
+    add_entries(
+        ops,
+        pointer(&["metadata", "labels"]),
+        pod.metadata.labels.is_some(),
+        &desired_labels(plan),
+    )?;
     add_entries(
         ops,
         pointer(&["metadata", "annotations"]),
         pod.metadata.annotations.is_some(),
-        &annotations,
+        &desired_annotations(plan),
     )
 }
 
+/// `agent_inserted`: an earlier operation of this patch inserted the agent at
+/// `initContainers/0`, so every original init container has moved one place down.
 fn app_container(
     target: &Target<'_>,
     plan: &Plan<'_>,
+    agent_inserted: bool,
     ops: &mut Ops,
 ) -> Result<(), serde_json::Error> {
-    // The agent was inserted at initContainers/0 by an earlier operation of this patch, so
-    // every original init container has moved one place down.
     let index = match target.list {
-        ContainerList::Init => target.index + 1,
-        ContainerList::Regular => target.index,
+        ContainerList::Init if agent_inserted => target.index + 1,
+        ContainerList::Init | ContainerList::Regular => target.index,
     };
     let index = index.to_string();
     let base = ["spec", target.list.field(), index.as_str()];
@@ -96,6 +141,9 @@ fn app_container(
         container.env.is_some(),
         &apps::env_to_add(plan, container),
     )?;
+    if apps::has_auth_mount(container) {
+        return Ok(());
+    }
     add_items(
         ops,
         pointer(&[&base[..], &["volumeMounts"]].concat()),

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 use super::{
-    AGENT_CONTAINER_NAME, ANNOTATION_BINDING, ANNOTATION_INJECT, ANNOTATION_PORT,
-    ANNOTATION_SKIP_CONTAINERS, ANNOTATION_STATUS, AUTH_MOUNT_PATH, AUTH_VOLUME, Candidates,
-    DenyReason, InjectSettings, STATUS_INJECTED, SkipReason, TOKEN_VOLUME,
+    AGENT_CONTAINER_NAME, ANNOTATION_BINDING, ANNOTATION_BINDING_GENERATION, ANNOTATION_INJECT,
+    ANNOTATION_PORT, ANNOTATION_SKIP_CONTAINERS, ANNOTATION_STATUS, AUTH_MOUNT_PATH, AUTH_VOLUME,
+    Candidates, DenyReason, InjectSettings, LABEL_BINDING, RESERVED_VOLUMES, SkipReason,
 };
 use crate::crd::AWSRoleBinding;
 
@@ -23,22 +23,62 @@ pub(super) enum Request<'a> {
 
 /// Reads the annotations that decide whether to act at all.
 ///
-/// `credvend.io/status: injected` wins over everything (idempotency); an explicit
-/// `credvend.io/inject: "false"` wins over `credvend.io/binding`; `credvend.io/binding` alone
-/// is a request.
+/// An explicit `credvend.io/inject: "false"` wins over `credvend.io/binding`;
+/// `credvend.io/binding` alone is a request. A pod that does not ask but carries credvend's
+/// markers is refused: they would count it for a binding it does not use.
 pub(super) fn request(pod: &Pod) -> Result<Request<'_>, DenyReason> {
-    if annotation(pod, ANNOTATION_STATUS) == Some(STATUS_INJECTED) {
-        return Ok(Request::Skip(SkipReason::AlreadyInjected));
-    }
     let binding = annotation(pod, ANNOTATION_BINDING)
         .map(str::trim)
         .filter(|name| !name.is_empty());
+    let skip = |reason| {
+        let markers = markers(pod);
+        if markers.is_empty() {
+            Ok(Request::Skip(reason))
+        } else {
+            Err(DenyReason::MarkersWithoutInjection(markers))
+        }
+    };
     match annotation(pod, ANNOTATION_INJECT) {
-        Some("false") => Ok(Request::Skip(SkipReason::OptedOut)),
+        Some("false") => skip(SkipReason::OptedOut),
         Some("true") => Ok(Request::Inject { binding }),
         Some(other) => Err(DenyReason::InvalidInjectAnnotation(other.to_owned())),
         None if binding.is_some() => Ok(Request::Inject { binding }),
-        None => Ok(Request::Skip(SkipReason::NotRequested)),
+        None => skip(SkipReason::NotRequested),
+    }
+}
+
+/// What credvend writes on the pods it injects, as found on `pod`.
+fn markers(pod: &Pod) -> Vec<String> {
+    let mut found = Vec::new();
+    if pod
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_BINDING))
+    {
+        found.push(format!("the label {LABEL_BINDING}"));
+    }
+    for key in [ANNOTATION_STATUS, ANNOTATION_BINDING_GENERATION] {
+        if annotation(pod, key).is_some() {
+            found.push(format!("the annotation {key}"));
+        }
+    }
+    found
+}
+
+/// The decision on a pod update: adding or changing the `credvend.io/binding` label is
+/// refused, because only an injection may count a pod for a binding (removing it is allowed).
+pub fn label_change(
+    old: Option<&std::collections::BTreeMap<String, String>>,
+    new: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), DenyReason> {
+    let value = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+        labels.and_then(|l| l.get(LABEL_BINDING)).cloned()
+    };
+    match (value(old), value(new)) {
+        (_, None) => Ok(()),
+        (Some(before), Some(after)) if before == after => Ok(()),
+        _ => Err(DenyReason::BindingLabelChanged),
     }
 }
 
@@ -113,11 +153,23 @@ fn skip_containers(value: Option<&str>, spec: &PodSpec) -> Result<BTreeSet<Strin
     }
 }
 
+/// The init container named like our agent, if the pod has one (whether it really is our agent
+/// is checked against the chosen binding later).
+pub(super) fn existing_agent(spec: &PodSpec) -> Option<&Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == AGENT_CONTAINER_NAME)
+}
+
 /// Refuses pods the agent cannot serve safely or that collide with what credvend adds.
+/// `has_agent`: the pod has an init container named like our agent, whose volumes are then
+/// checked with it instead of being refused here.
 pub(super) fn check_pod(
     spec: &PodSpec,
     options: &Options,
     settings: &InjectSettings,
+    has_agent: bool,
 ) -> Result<(), DenyReason> {
     if spec.host_network == Some(true) {
         return Err(DenyReason::HostNetwork);
@@ -125,24 +177,32 @@ pub(super) fn check_pod(
     if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
         return Err(DenyReason::Windows);
     }
-    for (list, container) in all_containers(spec) {
-        if container.name == AGENT_CONTAINER_NAME {
-            return Err(DenyReason::ForeignAgentContainer { list: list.field() });
-        }
+    if spec
+        .containers
+        .iter()
+        .any(|c| c.name == AGENT_CONTAINER_NAME)
+    {
+        return Err(DenyReason::ForeignAgentContainer {
+            list: ContainerList::Regular.field(),
+            why: "credvend's agent is an init container",
+        });
     }
-    for volume in spec.volumes.iter().flatten() {
-        if volume.name == TOKEN_VOLUME || volume.name == AUTH_VOLUME {
-            return Err(DenyReason::ForeignVolume(volume.name.clone()));
-        }
+    if !has_agent
+        && let Some(volume) = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| RESERVED_VOLUMES.contains(&v.name.as_str()))
+    {
+        return Err(DenyReason::ForeignVolume(volume.name.clone()));
     }
     check_ports(spec, options.port, settings.metrics_port)?;
     for target in targets(spec, options) {
-        let taken = target
-            .container
-            .volume_mounts
-            .iter()
-            .flatten()
-            .any(|m| m.mount_path.trim_end_matches('/') == AUTH_MOUNT_PATH);
+        // With our agent present, our own read-only mount is a container already configured.
+        let taken = target.container.volume_mounts.iter().flatten().any(|m| {
+            m.mount_path.trim_end_matches('/') == AUTH_MOUNT_PATH
+                && !(has_agent && m.name == AUTH_VOLUME && m.mount_path == AUTH_MOUNT_PATH)
+        });
         if taken {
             return Err(DenyReason::MountPathTaken {
                 container: target.container.name.clone(),
@@ -154,8 +214,11 @@ pub(super) fn check_pod(
 }
 
 /// Containers share the pod's network namespace, so a declared port is a certain collision.
+/// The agent's own metrics port is not a collision; whether it is our agent is checked later.
 fn check_ports(spec: &PodSpec, port: u16, metrics_port: u16) -> Result<(), DenyReason> {
-    for (_, container) in all_containers(spec) {
+    for (_, container) in all_containers(spec)
+        .filter(|(list, c)| !(*list == ContainerList::Init && c.name == AGENT_CONTAINER_NAME))
+    {
         for declared in container.ports.iter().flatten() {
             if declared.container_port == i32::from(port) {
                 return Err(DenyReason::CredentialsPortInUse {
@@ -266,8 +329,9 @@ pub(super) struct Target<'a> {
     pub container: &'a Container,
 }
 
-/// Every container except the skipped ones, init containers included: the agent is inserted
-/// before all of them and its startup probe holds them back until credentials are ready.
+/// Every container except the skipped ones and the agent, init containers included: the agent
+/// is inserted before all of them and its startup probe holds them back until credentials are
+/// ready.
 pub(super) fn targets<'a>(spec: &'a PodSpec, options: &Options) -> Vec<Target<'a>> {
     let init = spec.init_containers.iter().flatten().enumerate();
     let init = init.map(|(index, container)| Target {
@@ -283,6 +347,7 @@ pub(super) fn targets<'a>(spec: &'a PodSpec, options: &Options) -> Vec<Target<'a
     });
     init.chain(regular)
         .filter(|t| !options.skip.contains(&t.container.name))
+        .filter(|t| !(t.list == ContainerList::Init && t.container.name == AGENT_CONTAINER_NAME))
         .collect()
 }
 

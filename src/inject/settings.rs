@@ -2,6 +2,8 @@
 //! decides. The operator fills [`InjectSettings`] from its flags; [`Default`] holds the values
 //! the chart ships with.
 
+use crate::aws::StsEndpointAllowlist;
+
 /// The agent image used when the operator is not told otherwise: the image of this very build.
 pub const DEFAULT_AGENT_IMAGE: &str = concat!("credvend:", env!("CARGO_PKG_VERSION"));
 /// The loopback port of the credentials endpoint unless a pod sets `credvend.io/port`.
@@ -35,6 +37,10 @@ pub struct InjectSettings {
     /// UID of the agent. `None` lets the runtime or a policy pick one (OpenShift assigns UIDs
     /// per namespace and refuses fixed ones); `runAsNonRoot` stays set either way.
     pub run_as_user: Option<i64>,
+    /// STS endpoints a binding's `stsEndpoint` may name (AWS's own, plus what the operator's
+    /// administrator allows); a binding naming another is refused, because the agent would send
+    /// the pod's service-account token there.
+    pub allowed_sts_endpoints: StsEndpointAllowlist,
     /// How many one-second startup probes the agent gets to obtain its first credentials
     /// before the kubelet restarts it. App containers start only after it succeeds.
     pub startup_failure_threshold: i32,
@@ -78,6 +84,7 @@ impl Default for InjectSettings {
             auth_volume_size_limit: "1Mi".to_owned(),
             run_as_user: Some(65532),
             startup_failure_threshold: 120,
+            allowed_sts_endpoints: StsEndpointAllowlist::aws(),
         }
     }
 }

@@ -222,7 +222,10 @@ fn golden_cases() -> Vec<Golden> {
                 s.audience = "sts.example.internal".to_owned();
                 s.session_duration = "90m".to_owned();
             })],
-            warnings: vec!["\"app\" uses envFrom"],
+            warnings: vec![
+                "\"app\" uses envFrom: AWS_ACCESS_KEY_ID, AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or AWS_CONTAINER_AUTHORIZATION_TOKEN from there",
+                "\"app\" uses envFrom; if that sets AWS_REGION",
+            ],
         },
         Golden {
             name: "short_session_and_default_service_account",
@@ -255,6 +258,7 @@ fn injected(case: &Golden) -> (json_patch::Patch, Vec<String>, String) {
             patch,
             warnings,
             binding,
+            kind: Injection::Fresh,
         } => (patch, warnings, binding),
         other => panic!("{}: expected an injection, got {other:?}", case.name),
     }
@@ -358,7 +362,7 @@ fn applied_patches_keep_the_pod_and_add_the_agent() {
             .flatten()
             .map(|v| v.name.clone())
             .collect();
-        expected.extend([TOKEN_VOLUME.to_owned(), AUTH_VOLUME.to_owned()]);
+        expected.extend(RESERVED_VOLUMES.map(str::to_owned));
         assert_eq!(volumes, expected, "{}", case.name);
 
         let labels = after.metadata.labels.unwrap_or_default();
@@ -556,6 +560,18 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
         .map(|c| c.name.as_str())
         .collect::<Vec<_>>();
     assert_eq!(token_mounts, [AGENT_CONTAINER_NAME]);
+    // Something is mounted at the Kubernetes API token path, so the ServiceAccount admission
+    // plugin gives the agent no API token.
+    let api_path = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == API_TOKEN_MOUNT_PATH)
+        .unwrap();
+    assert_eq!(
+        (api_path.name.as_str(), api_path.read_only),
+        (NO_API_TOKEN_VOLUME, Some(true))
+    );
     let token = spec
         .volumes
         .iter()
@@ -629,19 +645,6 @@ fn skips() {
                 "credvend.io/inject": "false", "credvend.io/binding": "s3-reader"
             }}})),
             SkipReason::OptedOut,
-        ),
-        (
-            "already injected",
-            pod_with(json!({"metadata": {"annotations": {"credvend.io/status": "injected"}}})),
-            SkipReason::AlreadyInjected,
-        ),
-        (
-            "already injected wins over a foreign-looking agent",
-            pod_with(json!({
-                "metadata": {"annotations": {"credvend.io/status": "injected"}},
-                "spec": {"hostNetwork": true, "initContainers": [{"name": "credvend-agent"}]}
-            })),
-            SkipReason::AlreadyInjected,
         ),
     ];
     for (name, pod, want) in cases {
@@ -747,7 +750,70 @@ fn denials_name_the_fix() {
             ),
             app(),
             "foreign_agent_container",
+            vec![
+                "spec.initContainers",
+                "differ from what credvend injects",
+                "remove it",
+            ],
+        ),
+        (
+            "a forged status annotation does not skip the checks",
+            pod_with(json!({
+                "metadata": {"annotations": {"credvend.io/status": "injected"}},
+                "spec": {"hostNetwork": true}
+            })),
+            app(),
+            "host_network",
+            vec!["hostNetwork"],
+        ),
+        (
+            "a forged status annotation with an agent of any image",
+            pod_with(json!({
+                "metadata": {
+                    "annotations": {"credvend.io/status": "injected"},
+                    "labels": {"credvend.io/binding": "s3-reader"}
+                },
+                "spec": {"initContainers": [{"name": "credvend-agent", "image": "evil:1"}]}
+            })),
+            app(),
+            "foreign_agent_container",
             vec!["spec.initContainers"],
+        ),
+        (
+            "markers without a request",
+            pod_with(json!({
+                "metadata": {
+                    "annotations": {"credvend.io/inject": null, "credvend.io/status": "injected"},
+                    "labels": {"credvend.io/binding": "s3-reader"}
+                }
+            })),
+            app(),
+            "markers_without_injection",
+            vec![
+                "the label credvend.io/binding and the annotation credvend.io/status",
+                "credvend.io/inject: \"true\"",
+            ],
+        ),
+        (
+            "a forged label on an opted-out pod",
+            pod_with(json!({
+                "metadata": {
+                    "annotations": {"credvend.io/inject": "false"},
+                    "labels": {"credvend.io/binding": "s3-reader"}
+                }
+            })),
+            app(),
+            "markers_without_injection",
+            vec!["the label credvend.io/binding"],
+        ),
+        (
+            "a binding whose STS endpoint the operator does not allow",
+            base_pod(),
+            vec![with(binding("s3-reader", "app"), |s| {
+                s.sts_endpoint = Some("https://tokens.example.com".to_owned());
+            })],
+            "invalid_binding",
+            vec!["https://tokens.example.com", "agent.allowedStsEndpoints"],
         ),
         (
             "foreign volume",
@@ -755,6 +821,15 @@ fn denials_name_the_fix() {
             app(),
             "foreign_volume",
             vec!["\"credvend-auth\""],
+        ),
+        (
+            "foreign volume at the API token's place",
+            pod_with(
+                json!({"spec": {"volumes": [{"name": "credvend-no-api-token", "emptyDir": {}}]}}),
+            ),
+            app(),
+            "foreign_volume",
+            vec!["\"credvend-no-api-token\""],
         ),
         (
             "mount path taken",
@@ -906,4 +981,346 @@ fn pointer_tokens_are_escaped() {
 fn agent_port_name_fits_the_kubernetes_limit() {
     // IANA service names, which Kubernetes requires for port names, have at most 15 characters.
     assert!(METRICS_PORT_NAME.len() <= 15);
+}
+
+// ----- already injected: decided from the pod, completed on reinvocation --------------------
+
+/// What the API server does to an admitted pod before a later webhook (or a reinvocation) sees
+/// it: defaults, and the ServiceAccount admission plugin's API token mount on every container
+/// that has nothing mounted at its path.
+fn as_the_api_server_keeps_it(mut pod: Value) -> Value {
+    let spec = pod["spec"].as_object_mut().unwrap();
+    let mut needs_token = false;
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let c = c.as_object_mut().unwrap();
+            c.entry("terminationMessagePath")
+                .or_insert(json!("/dev/termination-log"));
+            c.entry("terminationMessagePolicy").or_insert(json!("File"));
+            c.entry("imagePullPolicy").or_insert(json!("IfNotPresent"));
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                if let Some(p) = c.get_mut(probe).and_then(Value::as_object_mut) {
+                    p.entry("successThreshold").or_insert(json!(1));
+                    p["httpGet"]["scheme"] = json!("HTTP");
+                }
+            }
+            for e in c
+                .get_mut("env")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(field) = e.pointer_mut("/valueFrom/fieldRef") {
+                    field["apiVersion"] = json!("v1");
+                }
+            }
+            let mounts = c.entry("volumeMounts").or_insert(json!([]));
+            let has = mounts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == API_TOKEN_MOUNT_PATH);
+            if !has {
+                mounts.as_array_mut().unwrap().push(json!({
+                    "name": "kube-api-access-abcde", "readOnly": true, "mountPath": API_TOKEN_MOUNT_PATH
+                }));
+                needs_token = true;
+            }
+        }
+    }
+    let volumes = spec
+        .entry("volumes")
+        .or_insert(json!([]))
+        .as_array_mut()
+        .unwrap();
+    for v in volumes.iter_mut() {
+        if let Some(p) = v.get_mut("projected") {
+            p["defaultMode"] = json!(420);
+        }
+    }
+    if needs_token {
+        volumes.push(
+            json!({"name": "kube-api-access-abcde", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}
+            ]}}),
+        );
+    }
+    pod
+}
+
+fn patched(pod: &Value, bindings: &[AWSRoleBinding]) -> Value {
+    let Decision::Inject { patch, .. } = decide_on(pod, bindings) else {
+        panic!("expected an injection");
+    };
+    let mut after = pod.clone();
+    json_patch::patch(&mut after, &patch).unwrap();
+    after
+}
+
+#[test]
+fn the_agent_as_the_api_server_keeps_it_is_recognised_and_nothing_is_added_again() {
+    for case in golden_cases() {
+        let stored = as_the_api_server_keeps_it(patched(&case.pod, &case.bindings));
+        let agent = &stored["spec"]["initContainers"][0];
+        let agent_mounts: Vec<&str> = agent["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            !agent_mounts
+                .iter()
+                .any(|m| m.starts_with("kube-api-access")),
+            "{}: the ServiceAccount plugin gave the agent the API token: {agent_mounts:?}",
+            case.name
+        );
+        assert_eq!(
+            decide_on(&stored, &case.bindings),
+            Decision::Skip {
+                reason: SkipReason::AlreadyInjected
+            },
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn containers_a_later_webhook_adds_are_completed_and_the_agent_is_not_added_twice() {
+    let bindings = [with(binding("s3-reader", "app"), |s| {
+        s.region = Some("eu-west-1".to_owned());
+    })];
+    let mut stored = as_the_api_server_keeps_it(patched(&base_pod(), &bindings));
+    // A mesh webhook appends its proxy (and an init container of its own).
+    stored["spec"]["containers"].as_array_mut().unwrap().push(
+        json!({"name": "mesh-proxy", "image": "proxy:1", "env": [{"name": "MESH", "value": "1"}]}),
+    );
+    stored["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "mesh-init", "image": "proxy:1"}));
+    let Decision::Inject {
+        patch,
+        warnings,
+        kind,
+        ..
+    } = decide_on(&stored, &bindings)
+    else {
+        panic!(
+            "expected a completion, got {:?}",
+            decide_on(&stored, &bindings)
+        );
+    };
+    assert_eq!(kind, Injection::Completed);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(patch.iter().all(|op| matches!(op, PatchOperation::Add(_))));
+    let paths: Vec<String> = patch
+        .iter()
+        .map(|op| match op {
+            PatchOperation::Add(add) => add.path.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/initContainers/1/env",
+            "/spec/initContainers/1/volumeMounts",
+            "/spec/containers/1/env/-",
+            "/spec/containers/1/env/-",
+            "/spec/containers/1/env/-",
+            "/spec/containers/1/env/-",
+            "/spec/containers/1/volumeMounts",
+        ]
+    );
+    let mut after = stored.clone();
+    json_patch::patch(&mut after, &patch).unwrap();
+    let after_pod = typed(&after);
+    let spec = after_pod.spec.as_ref().unwrap();
+    let agents = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == AGENT_CONTAINER_NAME)
+        .count();
+    assert_eq!(agents, 1);
+    let proxy = &spec.containers[1];
+    let env: Vec<&str> = proxy
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(
+        env,
+        [
+            "MESH",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION"
+        ]
+    );
+    assert!(
+        proxy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == AUTH_VOLUME && m.read_only == Some(true))
+    );
+    // The app container, configured the first time, is untouched.
+    assert_eq!(
+        spec.containers[0],
+        typed(&stored).spec.unwrap().containers[0]
+    );
+    // And a further reinvocation has nothing left to do.
+    assert_eq!(
+        decide_on(&after, &bindings),
+        Decision::Skip {
+            reason: SkipReason::AlreadyInjected
+        }
+    );
+}
+
+#[test]
+fn an_agent_that_is_not_ours_for_the_chosen_binding_is_refused() {
+    let bindings = vec![binding("s3-reader", "app"), binding("dynamo-writer", "app")];
+    let mut stored = patched(
+        &pod_with(json!({"metadata": {"annotations": {"credvend.io/binding": "s3-reader"}}})),
+        &bindings,
+    );
+    let tamper = |f: &dyn Fn(&mut Value)| {
+        let mut pod = stored.clone();
+        f(&mut pod);
+        match decide_on(&pod, &bindings) {
+            Decision::Deny { reason } => reason,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    };
+    type Tamper = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Tamper)> = vec![
+        (
+            "another image",
+            Box::new(|p: &mut Value| p["spec"]["initContainers"][0]["image"] = json!("evil:1")),
+        ),
+        (
+            "a command",
+            Box::new(|p: &mut Value| {
+                p["spec"]["initContainers"][0]["command"] = json!(["/bin/sh"])
+            }),
+        ),
+        (
+            "other arguments",
+            Box::new(|p: &mut Value| {
+                p["spec"]["initContainers"][0]["args"][2] =
+                    json!("arn:aws:iam::111122223333:role/admin")
+            }),
+        ),
+        (
+            "privileged",
+            Box::new(|p: &mut Value| {
+                p["spec"]["initContainers"][0]["securityContext"]["privileged"] = json!(true)
+            }),
+        ),
+        (
+            "a lifecycle hook",
+            Box::new(|p: &mut Value| {
+                p["spec"]["initContainers"][0]["lifecycle"] =
+                    json!({"postStart": {"exec": {"command": ["sh"]}}})
+            }),
+        ),
+        (
+            "envFrom",
+            Box::new(|p: &mut Value| {
+                p["spec"]["initContainers"][0]["envFrom"] = json!([{"secretRef": {"name": "aws"}}])
+            }),
+        ),
+        (
+            "another token audience",
+            Box::new(|p: &mut Value| {
+                p["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"] =
+                    json!("other")
+            }),
+        ),
+        (
+            "another binding asked for",
+            Box::new(|p: &mut Value| {
+                p["metadata"]["annotations"]["credvend.io/binding"] = json!("dynamo-writer")
+            }),
+        ),
+    ];
+    for (name, f) in cases {
+        let reason = tamper(&*f);
+        assert_eq!(
+            reason.metric_label(),
+            "foreign_agent_container",
+            "{name}: {reason}"
+        );
+    }
+    // Untouched, it is ours.
+    stored = as_the_api_server_keeps_it(stored);
+    assert!(matches!(
+        decide_on(&stored, &bindings),
+        Decision::Skip { .. }
+    ));
+}
+
+#[test]
+fn forged_markers_on_a_pod_without_our_agent_are_overwritten_by_a_full_injection() {
+    let pod = pod_with(json!({
+        "metadata": {
+            "annotations": {"credvend.io/status": "injected"},
+            "labels": {"credvend.io/binding": "someone-elses"}
+        },
+        "spec": {"containers": [{"name": "app", "image": "app:1", "env": [
+            {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://127.0.0.1:9911/v1/credentials"}
+        ]}]}
+    }));
+    let after = typed(&patched(&pod, &[binding("s3-reader", "app")]));
+    assert_eq!(
+        after.metadata.labels.unwrap()[LABEL_BINDING],
+        "s3-reader",
+        "the label names the binding actually used"
+    );
+    let spec = after.spec.unwrap();
+    assert_eq!(
+        spec.init_containers.unwrap()[0].name,
+        AGENT_CONTAINER_NAME,
+        "the sidecar is there"
+    );
+}
+
+#[test]
+fn updates_may_not_add_or_change_the_binding_label() {
+    let labels = |value: Option<&str>| {
+        value.map(|v| std::collections::BTreeMap::from([(LABEL_BINDING.to_owned(), v.to_owned())]))
+    };
+    let other = Some(std::collections::BTreeMap::from([(
+        "app".to_owned(),
+        "web".to_owned(),
+    )]));
+    // (old, new, allowed)
+    let cases = [
+        (None, None, true),
+        (labels(Some("s3")), labels(Some("s3")), true),
+        (labels(Some("s3")), None, true),
+        (labels(Some("s3")), other.clone(), true),
+        (None, labels(Some("s3")), false),
+        (other, labels(Some("s3")), false),
+        (labels(Some("s3")), labels(Some("dynamo")), false),
+    ];
+    for (old, new, allowed) in cases {
+        let got = label_change(old.as_ref(), new.as_ref());
+        assert_eq!(got.is_ok(), allowed, "{old:?} -> {new:?}");
+        if let Err(reason) = got {
+            assert_eq!(reason.metric_label(), "binding_label_changed");
+            assert!(reason.to_string().contains("may be removed"), "{reason}");
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! `credvend operator`: the AWSRoleBinding controller and the mutating webhook in one process.
 //!
 //! Every replica watches bindings into an in-memory store and serves the webhook from it;
-//! only the replica holding the Lease reconciles (writes status, emits events). The webhook's
+//! only the replica holding the Lease writes statuses and emits events (without leader
+//! election, the one replica does). A replica is ready once its bindings cache is listed,
+//! whichever mode it runs in; a failed leader election is retried, never left failed. The webhook's
 //! TLS certificate is made and rotated in-process (or read from cert-manager's files). Flags
 //! name everything the chart configures; each also reads `CREDVEND_<FLAG>`.
 
@@ -10,7 +12,6 @@ pub mod metrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -19,11 +20,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::metrics::OperatorMetrics;
+use crate::aws::StsEndpointAllowlist;
 use crate::controller;
 use crate::inject::{AgentResources, InjectSettings};
 use crate::telemetry::LogFormat;
 use crate::webhook::admission::{Admission, StoreAndApi};
-use crate::webhook::tls::{self, TlsMetrics, TlsMode, TlsSettings};
+use crate::webhook::tls::{self, TlsMode, TlsSettings};
 
 /// How the webhook gets its serving certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -159,12 +161,25 @@ pub struct OperatorArgs {
     #[arg(long, env = "CREDVEND_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_delay: Duration,
 
+    /// STS endpoints a binding's stsEndpoint may name besides AWS's own (global, regional,
+    /// FIPS, dual-stack and VPC endpoints of every partition), comma-separated:
+    /// `https://host[:port]`, a `*` in a host label standing for letters, digits and '-'
+    /// (`https://sts.*.example.internal`), or `http://<loopback IP>:<port>`.
+    #[arg(long, env = "CREDVEND_ALLOWED_STS_ENDPOINTS", value_delimiter = ',')]
+    pub allowed_sts_endpoints: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "CREDVEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 impl OperatorArgs {
+    /// The STS endpoints bindings may name: AWS's and `--allowed-sts-endpoints`.
+    pub fn sts_endpoint_allowlist(&self) -> Result<StsEndpointAllowlist, OperatorError> {
+        StsEndpointAllowlist::aws_and(&self.allowed_sts_endpoints)
+            .map_err(OperatorError::AllowedStsEndpoints)
+    }
+
     /// What every injected agent gets, from the flags.
     pub fn inject_settings(&self) -> InjectSettings {
         let nonempty = |s: &Option<String>| s.clone().filter(|v| !v.is_empty());
@@ -180,6 +195,9 @@ impl OperatorArgs {
             token_expiration_seconds: self.token_expiration_seconds,
             default_region: nonempty(&self.default_region),
             default_sts_endpoint: nonempty(&self.default_sts_endpoint),
+            allowed_sts_endpoints: self
+                .sts_endpoint_allowlist()
+                .unwrap_or_else(|_| StsEndpointAllowlist::aws()),
             ..InjectSettings::default()
         }
     }
@@ -202,6 +220,8 @@ pub enum OperatorError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("--allowed-sts-endpoints: {0}")]
+    AllowedStsEndpoints(String),
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -218,16 +238,17 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         .or_else(|| std::env::var("POD_NAME").ok())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "credvend-operator".to_owned());
+    // Checked before anything starts, so a typo in the chart value fails the rollout.
+    let allowed_sts_endpoints = args.sts_endpoint_allowlist()?;
     let metrics = OperatorMetrics::new()?;
-    let tls_metrics = TlsMetrics::register(&metrics.registry)?;
     let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
     let client = kube::Client::try_default().await?;
     let webhook_listener = crate::server::bind(args.webhook_listen, "webhook").await?;
     let metrics_listener = crate::server::bind(args.metrics_listen, "metrics").await?;
 
-    let (stores, reflectors) = controller::start_reflectors(client.clone());
+    let (stores, watches) = controller::watches(client.clone());
     let mode = match args.tls_mode {
-        TlsModeArg::SelfSigned => TlsMode::SelfManaged,
+        TlsModeArg::SelfSigned => TlsMode::SelfSigned,
         TlsModeArg::Files => TlsMode::Files {
             cert: args.tls_cert_file.clone(),
             key: args.tls_key_file.clone(),
@@ -242,7 +263,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         check_interval: tls::DEFAULT_CHECK_INTERVAL,
         file_poll_interval: tls::DEFAULT_FILE_POLL_INTERVAL,
     };
-    let (resolver, tls_task) = tls::start(client.clone(), mode, tls_settings, tls_metrics).await?;
+    let (resolver, tls_task) =
+        tls::start(client.clone(), mode, tls_settings, metrics.tls.clone()).await?;
     let server_config = Arc::new(tls::server_config(resolver)?);
     tracing::info!(
         namespace,
@@ -260,8 +282,11 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             store: stores.bindings.clone(),
             client: client.clone(),
         },
-        settings: args.inject_settings(),
-        metrics: metrics.clone(),
+        settings: InjectSettings {
+            allowed_sts_endpoints: allowed_sts_endpoints.clone(),
+            ..args.inject_settings()
+        },
+        metrics: metrics.admission.clone(),
     });
     let webhook = tokio::spawn(crate::webhook::serve(
         webhook_listener,
@@ -271,52 +296,42 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         leaving.clone(),
         crate::server::stopped(stop_rx.clone()),
     ));
-    let synced = Arc::new(AtomicBool::new(false));
-    {
-        let (bindings, synced) = (stores.bindings.clone(), synced.clone());
-        tokio::spawn(async move {
-            if bindings.wait_until_ready().await.is_ok() {
-                synced.store(true, Ordering::Relaxed);
-            }
-        });
-    }
     let health = tokio::spawn(serve_health(
         metrics_listener,
         stores.clone(),
-        synced,
         metrics.clone(),
         server_metrics,
         leaving.clone(),
         crate::server::stopped(stop_rx.clone()),
     ));
-    let reconciler = {
-        let client = client.clone();
-        let metrics = metrics.clone();
-        let stores = stores.clone();
-        let shutdown = crate::server::stopped(stop_rx.clone());
-        if args.leader_election {
-            let (namespace, lease) = (namespace.clone(), args.lease_name.clone());
-            let leader_client = client.clone();
-            let lead = move || {
-                controller::run(
-                    leader_client.clone(),
-                    metrics.clone(),
-                    stores.clone(),
-                    std::future::pending(),
-                )
-            };
-            tokio::spawn(async move {
-                if let Err(err) = controller::run_when_leader(
-                    client, &namespace, &lease, &identity, shutdown, lead,
-                )
-                .await
-                {
-                    tracing::error!(error = %err, "leader election failed; this replica no longer reconciles");
-                }
-            })
-        } else {
-            tokio::spawn(controller::run(client, metrics, stores, shutdown))
-        }
+    // The controller runs on every replica: it drives the watches the webhook's cache is filled
+    // from. Leadership only decides whether it writes.
+    let (leading_tx, leading) = watch::channel(!args.leader_election);
+    let controller_task = tokio::spawn(controller::run(
+        client.clone(),
+        metrics.controller.clone(),
+        stores.clone(),
+        watches,
+        leading,
+        allowed_sts_endpoints,
+    ));
+    let reconciler = if args.leader_election {
+        tokio::spawn(controller::campaign(
+            client.clone(),
+            namespace.clone(),
+            args.lease_name.clone(),
+            identity,
+            leading_tx,
+            metrics.controller.clone(),
+            crate::server::stopped(stop_rx.clone()),
+        ))
+    } else {
+        metrics.controller.leader.set(1);
+        // Keeps `leading` true for the process's life.
+        tokio::spawn(async move {
+            crate::server::stopped(stop_rx.clone()).await;
+            drop(leading_tx);
+        })
     };
 
     crate::server::termination_signal()
@@ -342,7 +357,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         }
     }
     tls_task.abort();
-    reflectors.abort();
+    controller_task.abort();
     Ok(())
 }
 
@@ -351,11 +366,10 @@ const HEALTH_CONNECTIONS: usize = 64;
 
 /// `/metrics`, `/healthz/live`, and `/healthz/ready` (ready once the bindings cache has its
 /// first full list, so the webhook does not decide from an empty store, and no longer once
-/// the process is leaving).
+/// the process is leaving; leadership plays no part, because every replica serves the webhook).
 async fn serve_health(
     listener: TcpListener,
     stores: controller::Stores,
-    synced: Arc<AtomicBool>,
     metrics: OperatorMetrics,
     server_metrics: crate::server::ServerMetrics,
     leaving: crate::server::Leaving,
@@ -368,11 +382,11 @@ async fn serve_health(
                 crate::server::plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
             }
             "/metrics" => {
-                controller::record_binding_metrics(&stores.bindings, &metrics);
+                controller::record_binding_metrics(&stores.bindings, &metrics.controller);
                 crate::server::metrics_page(&metrics.registry)
             }
             "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
-            "/healthz/ready" if synced.load(Ordering::Relaxed) => {
+            "/healthz/ready" if stores.bindings_synced() => {
                 crate::server::plain(StatusCode::OK, "ready")
             }
             "/healthz/ready" => crate::server::plain(

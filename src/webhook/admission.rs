@@ -1,5 +1,10 @@
 //! AdmissionReview in, AdmissionReview out: the webhook's decision around [`inject::decide`].
 //!
+//! Pod creations are decided by [`inject::decide`]; pod updates only by
+//! [`inject::label_change`], which refuses adding or changing the `credvend.io/binding` label
+//! (the chart sends only such updates), so a label a user writes never counts a pod for a
+//! binding.
+//!
 //! The bindings come from the operator's in-memory store; only when the decision is "no such
 //! binding" does the webhook list the namespace's bindings on the API server once and decide
 //! again, because a binding applied a moment before its pods may not have reached the store
@@ -17,9 +22,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
+use super::metrics::AdmissionMetrics;
 use crate::crd::AWSRoleBinding;
 use crate::inject::{self, Candidates, Decision, InjectSettings};
-use crate::operator::metrics::OperatorMetrics;
 
 /// A request body that is not an AdmissionReview we can answer.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +82,7 @@ impl BindingSource for StoreAndApi {
 pub struct Admission<B> {
     pub bindings: B,
     pub settings: InjectSettings,
-    pub metrics: OperatorMetrics,
+    pub metrics: AdmissionMetrics,
 }
 
 impl<B: BindingSource> Admission<B> {
@@ -114,8 +119,13 @@ impl<B: BindingSource> Admission<B> {
 
     async fn admit(&self, req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Outcome) {
         let allow = AdmissionResponse::from(req);
-        if req.kind.kind != "Pod" || req.operation != Operation::Create {
+        if req.kind.kind != "Pod" || !req.sub_resource.as_deref().unwrap_or_default().is_empty() {
             return (allow, outcome("skipped", "not_a_pod_create"));
+        }
+        match req.operation {
+            Operation::Create => {}
+            Operation::Update => return update(allow, req),
+            _ => return (allow, outcome("skipped", "not_a_pod_create")),
         }
         let pod = match decode_pod(req) {
             Ok(pod) => pod,
@@ -179,6 +189,31 @@ impl<B: BindingSource> Admission<B> {
     }
 }
 
+/// A pod update: only changes of the `credvend.io/binding` label matter (see the module
+/// documentation). Labels are read loosely, so an update we cannot fully decode is still judged.
+fn update(
+    allow: AdmissionResponse,
+    req: &AdmissionRequest<DynamicObject>,
+) -> (AdmissionResponse, Outcome) {
+    let labels = |object: Option<&DynamicObject>| object.and_then(|o| o.metadata.labels.clone());
+    let (old, new) = (labels(req.old_object.as_ref()), labels(req.object.as_ref()));
+    match inject::label_change(old.as_ref(), new.as_ref()) {
+        Ok(()) => (allow, outcome("skipped", "update")),
+        Err(reason) => {
+            tracing::info!(
+                namespace = req.namespace.as_deref().unwrap_or_default(),
+                pod = %req.name,
+                reason = reason.metric_label(),
+                "pod update denied"
+            );
+            (
+                allow.deny(reason.to_string()),
+                outcome("denied", reason.metric_label()),
+            )
+        }
+    }
+}
+
 fn outcome(result: &'static str, reason: &'static str) -> Outcome {
     Outcome { result, reason }
 }
@@ -211,6 +246,7 @@ fn respond(
             patch,
             warnings,
             binding,
+            kind,
         } => match allow.clone().with_patch(patch) {
             Ok(mut resp) => {
                 tracing::info!(
@@ -218,12 +254,13 @@ fn respond(
                     pod,
                     binding,
                     warnings = warnings.len(),
+                    result = kind.metric_label(),
                     "agent injected"
                 );
                 if !warnings.is_empty() {
                     resp.warnings = Some(warnings);
                 }
-                (resp, outcome("injected", "injected"))
+                (resp, outcome(kind.metric_label(), kind.metric_label()))
             }
             Err(err) => {
                 let msg = format!("credvend cannot encode its patch: {err}");
@@ -281,7 +318,7 @@ mod tests {
                 live_calls: Mutex::new(0),
             },
             settings: InjectSettings::default(),
-            metrics: OperatorMetrics::new().unwrap(),
+            metrics: AdmissionMetrics::unregistered(),
         }
     }
 
@@ -388,7 +425,8 @@ mod tests {
         update["request"]["operation"] = "UPDATE".into();
         let resp = answer(&a, &serde_json::to_vec(&update).unwrap()).await;
         assert!(resp.get("patch").is_none());
-        assert_eq!(count(&a, "skipped", "not_a_pod_create"), 1);
+        assert_eq!(count(&a, "skipped", "update"), 1);
+        assert_eq!(count(&a, "skipped", "not_requested"), 1);
     }
 
     #[tokio::test]

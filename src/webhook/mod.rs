@@ -7,6 +7,7 @@
 //! AdmissionReview gets a 400 with the reason rather than a panic.
 
 pub mod admission;
+pub mod metrics;
 pub mod tls;
 
 use std::sync::Arc;

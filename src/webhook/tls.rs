@@ -3,7 +3,7 @@
 //!
 //! The API server only calls webhooks over HTTPS and only trusts the `caBundle` written into
 //! the MutatingWebhookConfiguration, so a credvend install needs a certificate before the first
-//! pod can be admitted. By default ([`TlsMode::SelfManaged`]) the operator provides it itself,
+//! pod can be admitted. By default ([`TlsMode::SelfSigned`]) the operator provides it itself,
 //! with nothing else installed: it makes a CA and a serving certificate in memory (rcgen),
 //! keeps them in a `kubernetes.io/tls` Secret so every replica serves the same CA, patches the
 //! CA into its own MutatingWebhookConfiguration (and again whenever something, such as a
@@ -14,12 +14,12 @@
 //! previous certificate and is logged and counted — the webhook never serves nothing.
 //!
 //! Pure parts (issuing, validity, the renewal decision) are in [`certs`]; the rustls side in
-//! [`resolver`]; Kubernetes I/O in `self_managed`; file reloading in `files`.
+//! [`resolver`]; Kubernetes I/O in `self_signed`; file reloading in `files`.
 
 pub mod certs;
 mod files;
 pub mod resolver;
-mod self_managed;
+mod self_signed;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 pub use certs::{CA_LIFETIME, LEAF_LIFETIME, needs_renewal};
 pub use resolver::{CertResolver, server_config};
 
-/// How often the self-managed mode re-reads its Secret (renewal, other replicas' renewals) and
+/// How often the self-signed mode re-reads its Secret (renewal, other replicas' renewals) and
 /// re-checks the caBundle. A GET of one Secret per replica every few minutes costs nothing;
 /// the caBundle is additionally watched, so a reset is repaired within seconds.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -43,7 +43,7 @@ pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsMode {
     /// The operator makes and renews its own CA and certificate (no other component needed).
-    SelfManaged,
+    SelfSigned,
     /// Serve PEM files someone else (cert-manager) writes and rotates; reload on change.
     Files { cert: PathBuf, key: PathBuf },
 }
@@ -55,9 +55,9 @@ pub struct TlsSettings {
     pub namespace: String,
     /// The webhook's Service, whose DNS names the certificate carries.
     pub service_name: String,
-    /// The `kubernetes.io/tls` Secret the self-managed mode keeps its CA and certificate in.
+    /// The `kubernetes.io/tls` Secret the self-signed mode keeps its CA and certificate in.
     pub secret_name: String,
-    /// The MutatingWebhookConfiguration whose `caBundle`s the self-managed mode patches.
+    /// The MutatingWebhookConfiguration whose `caBundle`s the self-signed mode patches.
     pub webhook_config_name: String,
     /// More names or IP literals for the certificate (for a `url:` client config).
     pub extra_sans: Vec<String>,
@@ -77,7 +77,7 @@ impl TlsSettings {
 pub struct TlsMetrics {
     /// Expiry (Unix time) of the certificate being served, for "expires in < 14 days" alerts.
     pub expiration: Gauge,
-    /// Failures by `operation` — `renew` (self-managed: Secret or caBundle update) or `reload`
+    /// Failures by `operation` — `renew` (self-signed: Secret or caBundle update) or `reload`
     /// (files mode); each one kept the previous certificate in service.
     pub errors: IntCounterVec,
 }
@@ -145,7 +145,7 @@ pub enum TlsError {
 
 /// Puts a serving certificate in place and keeps it valid.
 ///
-/// Returns once the returned resolver holds a certificate (and, in self-managed mode, the
+/// Returns once the returned resolver holds a certificate (and, in self-signed mode, the
 /// Secret holds it and the caBundle trusts its CA), so the caller can start listening right
 /// away with [`server_config`]. The task renews or reloads in the background until aborted;
 /// its failures are logged and counted in [`TlsMetrics::errors`] and never take the current
@@ -157,7 +157,7 @@ pub async fn start(
     metrics: TlsMetrics,
 ) -> Result<(Arc<CertResolver>, JoinHandle<()>), TlsError> {
     match mode {
-        TlsMode::SelfManaged => self_managed::start(client, settings, metrics).await,
+        TlsMode::SelfSigned => self_signed::start(client, settings, metrics).await,
         TlsMode::Files { cert, key } => files::start(cert, key, settings, metrics).await,
     }
 }

@@ -70,6 +70,11 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    /// SIGKILL: the process gets no chance to clean up (release a Lease, say).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Proc {
@@ -111,22 +116,133 @@ pub struct Installed {
     pub metrics_port: u16,
     pub webhook_port: u16,
     pub operator: Proc,
+    /// The release namespace (the Lease and the TLS Secret live there).
+    pub namespace: String,
+    /// Every object the chart rendered.
+    pub objects: Vec<serde_json::Value>,
+    /// The Deployment's args, listen addresses and pod name left out (see [`Installed::replica`]).
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+    /// The release, for an isolated install.
+    isolated: Option<String>,
+}
+
+/// Changes to the rendered objects, applied before the operator starts.
+pub type BeforeStart = dyn Fn(&[serde_json::Value]) -> Vec<serde_json::Value> + Sync;
+
+/// How [`install_with`] installs the chart.
+#[derive(Default)]
+pub struct InstallOptions<'a> {
+    /// STS endpoints the operator allows besides AWS's (the tests' moto on loopback).
+    pub sts_endpoints: &'a [&'a str],
+    /// More `--set` values.
+    pub values: &'a [(&'a str, &'a str)],
+    /// Called with the rendered objects after they were applied and before the operator
+    /// starts; what it returns is applied (to take a permission away, say).
+    pub before_start: Option<&'a BeforeStart>,
+    /// Send the webhook only pods of namespaces passed to [`Installed::admit_namespace`], so
+    /// several installs on one control plane (tests running in parallel, an operator a test
+    /// kills while its webhook configuration stays behind) never see each other's pods.
+    pub isolated: bool,
+}
+
+/// The namespace label an isolated install's webhook selects.
+const ISOLATION_LABEL: &str = "credvend.test/install";
+
+/// Another operator replica of the same release, as a second pod of the Deployment would run.
+pub struct Replica {
+    pub proc: Proc,
+    pub metrics_port: u16,
+}
+
+impl Installed {
+    /// Lets the webhook of an isolated install see the pods of `namespace` (a no-op otherwise).
+    pub async fn admit_namespace(&self, client: &Client, namespace: &str) {
+        let Some(release) = &self.isolated else {
+            return;
+        };
+        let patch = serde_json::json!({"metadata": {"labels": {ISOLATION_LABEL: release}}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .patch(
+                namespace,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Starts one more operator process with the release's args and identity `pod_name`; it
+    /// serves the webhook on a port of its own (the webhook configuration keeps pointing at the
+    /// first one) and returns once it is ready.
+    pub async fn replica(&self, pod_name: &str, dir: &Path) -> Replica {
+        let (webhook_port, metrics_port) = (free_port(), free_port());
+        let proc = start_operator(
+            &self.args,
+            &self.kubeconfig,
+            webhook_port,
+            metrics_port,
+            pod_name,
+            dir,
+        );
+        wait_ready(
+            &format!("http://127.0.0.1:{metrics_port}/healthz/ready"),
+            &proc,
+        )
+        .await;
+        Replica { proc, metrics_port }
+    }
+}
+
+fn start_operator(
+    args: &[String],
+    kubeconfig: &Path,
+    webhook_port: u16,
+    metrics_port: u16,
+    pod_name: &str,
+    dir: &Path,
+) -> Proc {
+    let mut args = args.to_vec();
+    args.push(format!("--webhook-listen=127.0.0.1:{webhook_port}"));
+    args.push(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
+    args.push(format!("--pod-name={pod_name}"));
+    Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_credvend"))
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info"),
+        dir.join(format!("{pod_name}.log")),
+    )
 }
 
 /// Renders the chart in url mode, applies every object, and runs the operator with the
 /// Deployment's own args (listen addresses moved to loopback) and the chart's service account
-/// identity, so the chart's flags and RBAC are what is tested.
-pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installed {
-    install_with(cp, client, dir, &[]).await
+/// identity, so the chart's flags and RBAC are what is tested. `sts_endpoint` (the test's
+/// STS double) is added to the operator's allowed STS endpoints through the chart value.
+pub async fn install(
+    cp: &ControlPlane,
+    client: &Client,
+    dir: &Path,
+    sts_endpoint: &str,
+) -> Installed {
+    install_with(
+        cp,
+        client,
+        dir,
+        &InstallOptions {
+            sts_endpoints: &[sts_endpoint],
+            ..InstallOptions::default()
+        },
+    )
+    .await
 }
 
-/// [`install`], with `extra_args` (`--flag=value`) replacing or added to the chart's operator
-/// args.
+/// [`install`] with more choices.
 pub async fn install_with(
     cp: &ControlPlane,
     client: &Client,
     dir: &Path,
-    extra_args: &[&str],
+    options: &InstallOptions<'_>,
 ) -> Installed {
     let release = k8s::unique_name("rel");
     let release_ns = k8s::unique_name("credvend-system");
@@ -134,11 +250,38 @@ pub async fn install_with(
     let webhook_port = free_port();
     let metrics_port = free_port();
     let url = format!("https://127.0.0.1:{webhook_port}/mutate");
-    let objects = render_chart(&release, &release_ns, &[("webhook.url", &url)]).unwrap();
+    let endpoints = format!("{{{}}}", options.sts_endpoints.join(","));
+    let mut values = vec![("webhook.url", url.as_str())];
+    if !options.sts_endpoints.is_empty() {
+        values.push(("agent.allowedStsEndpoints", endpoints.as_str()));
+    }
+    values.extend_from_slice(options.values);
+    let mut objects = render_chart(&release, &release_ns, &values).unwrap();
+    if options.isolated {
+        for object in objects
+            .iter_mut()
+            .filter(|o| o["kind"] == "MutatingWebhookConfiguration")
+        {
+            for webhook in object["webhooks"].as_array_mut().unwrap() {
+                webhook["namespaceSelector"]["matchExpressions"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({
+                        "key": ISOLATION_LABEL, "operator": "In", "values": [release]
+                    }));
+            }
+        }
+    }
     // Dry run of everything first, then the real apply (see apply_all).
     apply_all(client, &objects)
         .await
         .expect("apply of the chart");
+    if let Some(before_start) = options.before_start {
+        let changed = before_start(&objects);
+        apply_all(client, &changed)
+            .await
+            .expect("apply of the changes");
+    }
 
     let deployment = objects
         .iter()
@@ -150,23 +293,16 @@ pub async fn install_with(
         serde_json::from_value(pod_spec["containers"][0]["args"].clone()).unwrap();
     let mut args: Vec<String> = chart_args
         .iter()
-        .map(|a| match a.split_once('=') {
-            Some(("--webhook-listen", _)) => format!("--webhook-listen=127.0.0.1:{webhook_port}"),
-            Some(("--metrics-listen", _)) => format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-            // What the kubelet does with $(POD_NAMESPACE) from the downward API.
-            _ => a.replace("$(POD_NAMESPACE)", &release_ns),
+        .filter(|a| {
+            !a.starts_with("--webhook-listen=")
+                && !a.starts_with("--metrics-listen=")
+                && !a.starts_with("--agent-image=")
         })
+        // What the kubelet does with $(POD_NAMESPACE) from the downward API.
+        .map(|a| a.replace("$(POD_NAMESPACE)", &release_ns))
         .collect();
     args.push("--webhook-extra-san=127.0.0.1".into());
-    args.push("--pod-name=operator-0".into());
     args.push("--agent-image=credvend:test".into());
-    args.retain(|a| !a.starts_with("--agent-image=") || a == "--agent-image=credvend:test");
-    // An extra `--flag=value` replaces the chart's value of that flag.
-    let flag = |a: &str| a.split_once('=').map(|(f, _)| f.to_owned());
-    args.retain(|a| {
-        flag(a).is_none_or(|f| !extra_args.iter().any(|e| flag(e).as_deref() == Some(&f)))
-    });
-    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let webhook_config = chart_args
         .iter()
         .find_map(|a| a.strip_prefix("--webhook-config-name="))
@@ -183,18 +319,24 @@ pub async fn install_with(
     .await
     .unwrap();
     let kubeconfig = service_account_kubeconfig(cp, &token, dir);
-    let operator = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_credvend"))
-            .args(&args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info"),
-        dir.join("operator.log"),
+    let operator = start_operator(
+        &args,
+        &kubeconfig,
+        webhook_port,
+        metrics_port,
+        "operator-0",
+        dir,
     );
     let installed = Installed {
         webhook_config,
         metrics_port,
         webhook_port,
         operator,
+        namespace: release_ns,
+        objects,
+        args,
+        kubeconfig,
+        isolated: options.isolated.then(|| release.clone()),
     };
     wait_ready(
         &format!("http://127.0.0.1:{metrics_port}/healthz/ready"),
@@ -222,6 +364,31 @@ pub async fn install_with(
     })
     .await;
     installed
+}
+
+/// The value of one sample of `metric` (with exactly these labels, `""` for none) on a
+/// Prometheus text page, if present.
+pub fn metric_value(page: &str, metric: &str, labels: &str) -> Option<f64> {
+    let name = if labels.is_empty() {
+        metric.to_owned()
+    } else {
+        format!("{metric}{{{labels}}}")
+    };
+    page.lines().find_map(|line| {
+        line.strip_prefix(&name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The operator's metrics page at `port`.
+pub async fn metrics_page(port: u16) -> String {
+    http::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .map(|r| r.text())
+        .unwrap_or_default()
 }
 
 pub fn binding_yaml(name: &str, ns: &str, sa: &str, sts: &str) -> AWSRoleBinding {
@@ -269,7 +436,11 @@ pub async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Pod {
         ..PostParams::default()
     };
     eventually("the webhook to take effect", WAIT, || async {
-        let p = pods.create(&dry, pod).await.ok()?;
+        let p = pods
+            .create(&dry, pod)
+            .await
+            .inspect_err(|e| eprintln!("dry run of {}: {e}", pod.name_any()))
+            .ok()?;
         p.annotations()
             .contains_key("credvend.io/status")
             .then_some(())

@@ -16,13 +16,29 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
+
+use crate::aws::StsEndpointAllowlist;
+use crate::controller::ControllerMetrics;
+use crate::inject::LABEL_BINDING;
 
 use super::*;
 use crate::controller::Stores;
 use crate::controller::status::desired_status;
 use crate::crd::AWSRoleBindingSpec;
+
+/// What the controller observed: `pods` pods, no other binding of the service account.
+fn observed(pods: i32) -> Observed<'static> {
+    static AWS: std::sync::LazyLock<StsEndpointAllowlist> =
+        std::sync::LazyLock::new(StsEndpointAllowlist::aws);
+    Observed {
+        pods,
+        same_service_account: &[],
+        allowed: &AWS,
+    }
+}
 
 const NS: &str = "team-a";
 const NAME: &str = "s3";
@@ -111,14 +127,15 @@ struct Fixture {
     ctx: Arc<Context>,
     api: ApiServerVerifier,
     bindings: Writer<AWSRoleBinding>,
-    pods: Writer<PartialObjectMeta<Pod>>,
+    leading: watch::Sender<bool>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let (stores, bindings, pods) = Stores::for_tests();
+        let (stores, bindings) = Stores::for_tests();
+        let (leading, leading_rx) = watch::channel(true);
         let ctx = Context::new(
             client.clone(),
             Recorder::new(
@@ -128,15 +145,16 @@ impl Fixture {
                     instance: Some("test".into()),
                 },
             ),
-            OperatorMetrics::new().unwrap(),
-            stores.pods,
-            stores.bindings,
+            ControllerMetrics::unregistered(),
+            stores,
+            leading_rx,
+            StsEndpointAllowlist::aws(),
         );
         Fixture {
             ctx: Arc::new(ctx),
             api: ApiServerVerifier(handle),
             bindings,
-            pods,
+            leading,
         }
     }
 
@@ -156,7 +174,7 @@ impl Fixture {
             },
             ..PartialObjectMeta::default()
         };
-        self.pods.apply_watcher_event(&watcher::Event::Apply(pod));
+        self.ctx.stores.pods.apply(&watcher::Event::Apply(pod));
     }
 
     /// Starts a reconcile of `binding`; the test answers its requests, then awaits it.
@@ -285,7 +303,7 @@ async fn unchanged_status_makes_no_request() {
     let mut b = valid();
     f.add_pod(NS, "p1", NAME, false);
     let earlier = Time(Timestamp::from_second(1_700_000_000).unwrap());
-    b.status = Some(desired_status(&b, 1, None, earlier));
+    b.status = Some(desired_status(&b, &observed(1), None, earlier));
     f.add_binding(&b);
 
     let mut running = f.reconcile(&b);
@@ -310,7 +328,7 @@ async fn changed_pod_count_is_applied_without_an_event() {
     let mut f = Fixture::new();
     let mut b = valid();
     let earlier = Time(Timestamp::from_second(1_700_000_000).unwrap());
-    b.status = Some(desired_status(&b, 0, None, earlier.clone()));
+    b.status = Some(desired_status(&b, &observed(0), None, earlier.clone()));
     f.add_pod(NS, "p1", NAME, false);
 
     let running = f.reconcile(&b);
@@ -349,7 +367,12 @@ async fn status_is_written_even_when_the_event_is_refused() {
 async fn failed_status_patch_is_an_error_counted_by_reason_and_retried_with_backoff() {
     let mut f = Fixture::new();
     let mut b = valid();
-    b.status = Some(desired_status(&b, 0, None, Time(Timestamp::UNIX_EPOCH)));
+    b.status = Some(desired_status(
+        &b,
+        &observed(0),
+        None,
+        Time(Timestamp::UNIX_EPOCH),
+    ));
     b.metadata.generation = Some(2); // spec changed: status must be rewritten, no Event
 
     let running = f.reconcile(&b);
@@ -391,4 +414,46 @@ fn retry_delay_doubles_up_to_the_requeue_interval() {
             "{failures}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_follower_writes_nothing() {
+    let mut f = Fixture::new();
+    f.leading.send_replace(false);
+    let b = valid();
+    f.add_binding(&b);
+    let mut running = f.reconcile(&b);
+    let action = tokio::select! {
+        done = &mut running => done.unwrap().unwrap(),
+        request = f.api.0.next_request() => {
+            panic!("unexpected request {:?}", request.map(|r| r.0))
+        }
+    };
+    assert_eq!(action, Action::await_change());
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_second_binding_for_the_service_account_is_named_in_the_status() {
+    let mut f = Fixture::new();
+    let b = valid();
+    let mut other = valid();
+    other.metadata.name = Some("dynamo".into());
+    f.add_binding(&b);
+    f.add_binding(&other);
+    let running = f.reconcile(&b);
+    let event = f.api.event_created().await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "AmbiguousServiceAccount");
+    let patch = f.api.status_applied(&b).await;
+    let ready = &patch["status"]["conditions"][0];
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["reason"], "AmbiguousServiceAccount");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("AWSRoleBinding dynamo also names service account \"app\""),
+        "{message}"
+    );
+    running.await.unwrap().unwrap();
+    f.finish().await;
 }

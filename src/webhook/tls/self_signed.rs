@@ -1,4 +1,4 @@
-//! Self-managed mode: the CA and serving certificate live in a Secret that all replicas share,
+//! Self-signed mode: the CA and serving certificate live in a Secret that all replicas share,
 //! and the CA is written into the MutatingWebhookConfiguration's caBundle.
 //!
 //! Replicas start together and renew together, so every write is optimistic: a create that
@@ -57,7 +57,7 @@ pub(super) async fn start(
     info!(
         secret = %manager.secret_ref(),
         not_after = %validity.not_after,
-        "serving the self-managed webhook certificate"
+        "serving the self-signed webhook certificate"
     );
     metrics.served(validity);
     let resolver = Arc::new(CertResolver::new(Arc::new(certified)));

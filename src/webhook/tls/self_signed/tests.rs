@@ -1,4 +1,4 @@
-//! The self-managed mode's Kubernetes conversation, against a mocked API server that asserts
+//! The self-signed mode's Kubernetes conversation, against a mocked API server that asserts
 //! each request's method, path and body (in the style of kube-rs controller-rs's
 //! ApiServerVerifier) and answers like the real one.
 
