@@ -35,3 +35,52 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+///
+/// Many errors already print their source inside their own message (`thiserror`'s `{0}`), so a
+/// cause whose text is already on the line is not repeated: each cause appears once.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// Logs the error that ends a subcommand, through the subscriber [`init`] installed, so that
+/// with `--log-format json` it is one JSON object like every other line.
+pub fn report_fatal(command: &str, err: &(dyn std::error::Error + 'static)) {
+    tracing::error!(error = %error_chain(err), "credvend {command} stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot bind the metrics listener: {0}")]
+        Includes(#[source] std::io::Error),
+        #[error("cannot start")]
+        Omits(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn every_cause_appears_exactly_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let included = error_chain(&Outer::Includes(io()));
+        assert_eq!(included, "cannot bind the metrics listener: address in use");
+        assert_eq!(included.matches("address in use").count(), 1);
+        assert_eq!(
+            error_chain(&Outer::Omits(io())),
+            "cannot start: address in use"
+        );
+    }
+}

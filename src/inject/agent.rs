@@ -1,4 +1,4 @@
-//! The agent container and credvend's two volumes. These are new objects, so they are built
+//! The agent container and credvend's three volumes. These are new objects, so they are built
 //! typed and serialized whole; existing pod content is never rebuilt this way.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     AGENT_CONTAINER_NAME, AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME, AgentResources,
-    InjectSettings, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    CACHE_FILE_NAME, CACHE_MOUNT_PATH, CACHE_VOLUME, InjectSettings, TOKEN_FILE_NAME,
+    TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
 use crate::crd::AWSRoleBinding;
 
@@ -71,6 +72,12 @@ pub(super) fn container(
                 mount_path: AUTH_MOUNT_PATH.to_owned(),
                 ..VolumeMount::default()
             },
+            // Writable, and only here: the agent's copy of the credentials it serves.
+            VolumeMount {
+                name: CACHE_VOLUME.to_owned(),
+                mount_path: CACHE_MOUNT_PATH.to_owned(),
+                ..VolumeMount::default()
+            },
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
@@ -91,6 +98,8 @@ fn args(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Vec<S
         &format!("{TOKEN_MOUNT_PATH}/{TOKEN_FILE_NAME}"),
         "--auth-token-file",
         &format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
+        "--cache-file",
+        &format!("{CACHE_MOUNT_PATH}/{CACHE_FILE_NAME}"),
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--metrics-listen",
@@ -174,8 +183,8 @@ fn resources(r: &AgentResources) -> ResourceRequirements {
     }
 }
 
-/// `credvend-token` (mounted only into the agent) and `credvend-auth`.
-pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 2] {
+/// `credvend-token` and `credvend-cache` (mounted only into the agent) and `credvend-auth`.
+pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 3] {
     let token = Volume {
         name: TOKEN_VOLUME.to_owned(),
         projected: Some(ProjectedVolumeSource {
@@ -200,5 +209,15 @@ pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [V
         }),
         ..Volume::default()
     };
-    [token, auth]
+    // In memory too: the credentials copy holds the secrets. The same small size limit as
+    // the auth volume (a copy is a few kilobytes).
+    let cache = Volume {
+        name: CACHE_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity(settings.auth_volume_size_limit.clone())),
+        }),
+        ..Volume::default()
+    };
+    [token, auth, cache]
 }

@@ -61,6 +61,13 @@ pub const TOKEN_FILE_NAME: &str = "token";
 pub const AUTH_MOUNT_PATH: &str = "/var/run/credvend/auth";
 /// File name of the authorization token inside [`AUTH_MOUNT_PATH`].
 pub const AUTH_FILE_NAME: &str = "token";
+/// In-memory volume where the agent keeps a copy of the credentials it serves, so that a
+/// restarted sidecar serves at once; mounted only into the agent, never into apps.
+pub const CACHE_VOLUME: &str = "credvend-cache";
+/// Where the credentials cache volume is mounted in the agent.
+pub const CACHE_MOUNT_PATH: &str = "/var/run/credvend/cache";
+/// File name of the credentials copy inside [`CACHE_MOUNT_PATH`].
+pub const CACHE_FILE_NAME: &str = "credentials.json";
 
 /// The bindings the webhook found for the pod's namespace (from its store, or from a live
 /// lookup after a miss). Bindings of other namespaces are ignored, whatever is passed.

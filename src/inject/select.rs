@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 use super::{
     AGENT_CONTAINER_NAME, ANNOTATION_BINDING, ANNOTATION_INJECT, ANNOTATION_PORT,
-    ANNOTATION_SKIP_CONTAINERS, ANNOTATION_STATUS, AUTH_MOUNT_PATH, AUTH_VOLUME, Candidates,
-    DenyReason, InjectSettings, STATUS_INJECTED, SkipReason, TOKEN_VOLUME,
+    ANNOTATION_SKIP_CONTAINERS, ANNOTATION_STATUS, AUTH_MOUNT_PATH, AUTH_VOLUME, CACHE_VOLUME,
+    Candidates, DenyReason, InjectSettings, STATUS_INJECTED, SkipReason, TOKEN_VOLUME,
 };
 use crate::crd::AWSRoleBinding;
 
@@ -131,7 +131,7 @@ pub(super) fn check_pod(
         }
     }
     for volume in spec.volumes.iter().flatten() {
-        if volume.name == TOKEN_VOLUME || volume.name == AUTH_VOLUME {
+        if [TOKEN_VOLUME, AUTH_VOLUME, CACHE_VOLUME].contains(&volume.name.as_str()) {
             return Err(DenyReason::ForeignVolume(volume.name.clone()));
         }
     }

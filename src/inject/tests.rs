@@ -358,7 +358,11 @@ fn applied_patches_keep_the_pod_and_add_the_agent() {
             .flatten()
             .map(|v| v.name.clone())
             .collect();
-        expected.extend([TOKEN_VOLUME.to_owned(), AUTH_VOLUME.to_owned()]);
+        expected.extend([
+            TOKEN_VOLUME.to_owned(),
+            AUTH_VOLUME.to_owned(),
+            CACHE_VOLUME.to_owned(),
+        ]);
         assert_eq!(volumes, expected, "{}", case.name);
 
         let labels = after.metadata.labels.unwrap_or_default();
@@ -520,6 +524,8 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
             "/var/run/secrets/credvend.io/serviceaccount/token",
             "--auth-token-file",
             "/var/run/credvend/auth/token",
+            "--cache-file",
+            "/var/run/credvend/cache/credentials.json",
             "--listen",
             "127.0.0.1:9911",
             "--metrics-listen",
@@ -556,6 +562,21 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
         .map(|c| c.name.as_str())
         .collect::<Vec<_>>();
     assert_eq!(token_mounts, [AGENT_CONTAINER_NAME]);
+    // So is the credentials cache, which holds the secrets themselves.
+    let cache_mounts = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == CACHE_VOLUME)
+        })
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(cache_mounts, [AGENT_CONTAINER_NAME]);
     let token = spec
         .volumes
         .iter()
@@ -576,6 +597,16 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
         .unwrap();
     assert_eq!(
         auth.empty_dir.clone().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    let cache = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == CACHE_VOLUME)
+        .unwrap();
+    assert_eq!(
+        cache.empty_dir.clone().unwrap().medium.as_deref(),
         Some("Memory")
     );
 }
@@ -755,6 +786,13 @@ fn denials_name_the_fix() {
             app(),
             "foreign_volume",
             vec!["\"credvend-auth\""],
+        ),
+        (
+            "foreign cache volume",
+            pod_with(json!({"spec": {"volumes": [{"name": "credvend-cache", "emptyDir": {}}]}})),
+            app(),
+            "foreign_volume",
+            vec!["\"credvend-cache\""],
         ),
         (
             "mount path taken",
