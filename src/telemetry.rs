@@ -41,17 +41,33 @@ pub fn init(format: LogFormat) {
 /// Many errors already print their source inside their own message (`thiserror`'s `{0}`), so a
 /// cause whose text is already on the line is not repeated: each cause appears once.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
+    let mut text = String::new();
+    for cause in causes(err) {
         let part = cause.to_string();
         if !part.is_empty() && !text.contains(&part) {
-            text.push_str(": ");
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
             text.push_str(&part);
         }
-        next = cause.source();
     }
     text
+}
+
+/// `err` and everything that caused it, outermost first.
+///
+/// `std::io::Error::source()` skips the error an `io::Error` wraps (it returns that error's
+/// source), and connectors nest their errors in `io::Error`s, so this walks into each
+/// `io::Error`'s payload instead.
+pub fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io
+            .get_ref()
+            .map(|inner| inner as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    })
 }
 
 /// Logs the error that ends a subcommand, through the subscriber [`init`] installed, so that

@@ -355,19 +355,13 @@ where
 /// Names the cause of a failed connection from the error's source chain: the OS error kind
 /// where there is one, the TLS library's error, or hyper's "dns error".
 pub fn connection_failure(err: &(dyn std::error::Error + 'static)) -> StsErrorCode {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return StsErrorCode::TlsError;
-        }
+    let chain: Vec<_> = crate::telemetry::causes(err).collect();
+    // The TLS library's error anywhere in the chain names the failure, whatever wraps it.
+    if chain.iter().any(|e| e.is::<rustls::Error>()) {
+        return StsErrorCode::TlsError;
+    }
+    for e in chain {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            // An io::Error's source() skips the error it wraps, so look inside it here.
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return StsErrorCode::TlsError;
-            }
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return StsErrorCode::ConnectionRefused,
                 std::io::ErrorKind::ConnectionReset
@@ -381,7 +375,6 @@ pub fn connection_failure(err: &(dyn std::error::Error + 'static)) -> StsErrorCo
         if e.to_string().starts_with("dns error") {
             return StsErrorCode::DnsError;
         }
-        next = e.source();
     }
     StsErrorCode::Unreachable
 }
@@ -479,6 +472,12 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         )));
         assert_eq!(connection_failure(&tls), StsErrorCode::TlsError);
+        // hyper-rustls nests the rustls error two io::Errors deep.
+        let nested = wrapped(Box::new(Error::other(Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ))));
+        assert_eq!(connection_failure(&nested), StsErrorCode::TlsError);
         let dns = wrapped(Box::new(Wrap(
             "dns error",
             Box::new(Error::other("failed to lookup address information")),
