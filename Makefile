@@ -10,6 +10,8 @@ PYTHON = $(shell scripts/venv.sh)
 K8S_BINS = $(shell scripts/k8s-bins.sh)
 # The helm CLI the chart tests lint and render with (see scripts/helm-bin.sh).
 HELM = $(shell scripts/helm-bin.sh)
+# promtool, which unit-tests the chart's alerts (see scripts/promtool-bin.sh).
+PROMTOOL = $(shell scripts/promtool-bin.sh)
 # CREDVEND_SDK_*=path words for the SDK conformance clients (the Rust one is a cargo example,
 # built here because `cargo test --all-targets` compiles examples as tests, not as programs).
 SDK_ENV = $(shell scripts/sdk-clients.sh)
@@ -31,6 +33,10 @@ k8s-bins:
 helm-bin:
 	@scripts/helm-bin.sh >/dev/null
 
+.PHONY: promtool-bin
+promtool-bin:
+	@scripts/promtool-bin.sh >/dev/null
+
 .PHONY: sdks
 sdks:
 	scripts/sdk-clients.sh
@@ -50,7 +56,7 @@ lint:
 test: lint k8s-bins
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
-	CREDVEND_HELM="$(HELM)" \
+	CREDVEND_HELM="$(HELM)" CREDVEND_PROMTOOL="$(PROMTOOL)" \
 	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
 
 .PHONY: demo
