@@ -114,11 +114,7 @@ fn every_chart_alert_has_a_promtool_test_that_fires_it() {
         .unwrap()
         .iter()
         .flat_map(|t| t["alert_rule_test"].as_array().cloned().unwrap_or_default())
-        .filter(|case| {
-            case["exp_alerts"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        })
+        .filter(|case| case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()))
         .filter_map(|case| case["alertname"].as_str().map(str::to_owned))
         .collect();
     let all = alerts(&rules);
