@@ -19,6 +19,8 @@ K8S_OLDEST = $(call installed,scripts/k8s-bins.sh tests/k8s-oldest)
 HELM = $(call installed,scripts/helm-bin.sh)
 # The cert-manager and Prometheus Operator CRDs the chart tests apply (scripts/chart-crds.sh).
 CHART_CRDS = $(call installed,scripts/chart-crds.sh)
+# promtool, which unit-tests the chart's alerts (see scripts/promtool-bin.sh).
+PROMTOOL = $(call installed,scripts/promtool-bin.sh)
 # CREDVEND_SDK_*=path words for the SDK conformance clients (the Rust one is a cargo example,
 # built here because `cargo test --all-targets` compiles examples as tests, not as programs).
 SDK_ENV = $(call installed,scripts/sdk-clients.sh)
@@ -44,6 +46,10 @@ k8s-oldest:
 helm-bin:
 	@scripts/helm-bin.sh >/dev/null
 
+.PHONY: promtool-bin
+promtool-bin:
+	@scripts/promtool-bin.sh >/dev/null
+
 .PHONY: sdks
 sdks:
 	scripts/sdk-clients.sh
@@ -64,7 +70,7 @@ test: lint k8s-bins k8s-oldest
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
 	CREDVEND_KUBE_APISERVER_OLDEST="$(word 1,$(K8S_OLDEST))" CREDVEND_ETCD_OLDEST="$(word 2,$(K8S_OLDEST))" \
-	CREDVEND_HELM="$(HELM)" CREDVEND_CHART_CRDS="$(CHART_CRDS)" \
+	CREDVEND_HELM="$(HELM)" CREDVEND_CHART_CRDS="$(CHART_CRDS)" CREDVEND_PROMTOOL="$(PROMTOOL)" \
 	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
 
 .PHONY: demo

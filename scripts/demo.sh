@@ -37,7 +37,7 @@ sts="$(awk '{print $2}' "$work/sts.out")"
 echo "STS endpoint: $sts"
 
 step "Writing a projected service-account token (a JWT, as the kubelet would)"
-mkdir -p "$work/token" "$work/auth"
+mkdir -p "$work/token" "$work/auth" "$work/cache"
 "$PY" - "$work/token/token" <<'PYEOF'
 import base64, json, sys, time
 b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
@@ -52,6 +52,7 @@ POD_NAMESPACE=team-a POD_NAME=web-0 "$bin" agent \
   --role-arn arn:aws:iam::111122223333:role/s3-reader \
   --token-file "$work/token/token" \
   --auth-token-file "$work/auth/token" \
+  --cache-file "$work/cache/credentials.json" \
   --listen "127.0.0.1:$port" \
   --metrics-listen "127.0.0.1:$mport" \
   --sts-endpoint "$sts" --region us-east-1 2>"$work/agent.log" &

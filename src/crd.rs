@@ -20,6 +20,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::aws::{StsEndpointAllowlist, check_role_arn, check_sts_endpoint, is_region};
+pub use crate::duration::{MAX_SESSION_DURATION, MIN_SESSION_DURATION};
+use crate::duration::{SessionDurationError, cel_format_rule, cel_range_rule};
 
 /// API group of every credvend resource.
 pub const GROUP: &str = "credvend.io";
@@ -31,10 +33,6 @@ pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
 /// The condition type the controller maintains on every binding.
 pub const CONDITION_READY: &str = "Ready";
 
-/// STS refuses sessions shorter than 15 minutes.
-pub const MIN_SESSION_DURATION: Duration = Duration::from_secs(15 * 60);
-/// STS refuses sessions longer than 12 hours (and the role's own maximum may be lower).
-pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(12 * 60 * 60);
 /// Below this the agent cannot keep the lifetime it serves comfortably above the SDKs'
 /// 15-minute refresh window (see `ENDPOINT.md` §6 and the agent's renewal schedule): it renews
 /// with at least [`AGENT_RENEWAL_MARGIN`] left, so a 40-minute session is the shortest that
@@ -54,9 +52,8 @@ const CEL_SERVICE_ACCOUNT: &str =
     "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
 const CEL_ROLE_ARN: &str =
     "self.matches('^arn:aws(-[a-z]+)*:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9_+=,.@-]{1,64}$')";
-const CEL_DURATION_FORMAT: &str = "self.matches('^([0-9]{1,5}h([0-9]{1,5}m)?([0-9]{1,5}s)?|[0-9]{1,5}m([0-9]{1,5}s)?|[0-9]{1,5}s)$')";
-// Guarded by the format rule so that a malformed value reports one error, not an evaluation error.
-const CEL_DURATION_RANGE: &str = "!self.matches('^([0-9]{1,5}h([0-9]{1,5}m)?([0-9]{1,5}s)?|[0-9]{1,5}m([0-9]{1,5}s)?|[0-9]{1,5}s)$') || (duration(self) >= duration('15m') && duration(self) <= duration('12h'))";
+// The sessionDuration rules come from `crate::duration`, with the grammar and bounds the
+// controller and the agent use.
 const CEL_REGION: &str = "self.matches('^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$')";
 // The 127.0.0.0/8 test runs on `self`, whose length is bounded: a regular expression on the
 // unbounded result of `getHostname()` makes the API server's cost estimate refuse the CRD.
@@ -115,10 +112,10 @@ pub struct AWSRoleBindingSpec {
     #[serde(default = "default_session_duration")]
     #[schemars(length(min = 2, max = 20))]
     #[x_kube(
-        validation = Rule::new(CEL_DURATION_FORMAT).message(
+        validation = Rule::new(cel_format_rule()).message(
             "sessionDuration must be a duration in hours, minutes and seconds, such as 1h, 90m or 1h30m"
         ),
-        validation = Rule::new(CEL_DURATION_RANGE).message(
+        validation = Rule::new(cel_range_rule()).message(
             "sessionDuration must be between 15m and 12h, the limits of STS"
         )
     )]
@@ -225,14 +222,9 @@ pub enum SpecError {
         /// Which part is wrong.
         why: &'static str,
     },
-    /// `sessionDuration` does not parse.
-    #[error(
-        "sessionDuration {0:?} is not a duration: write hours, minutes and seconds such as 1h, 90m or 1h30m"
-    )]
-    SessionDurationFormat(String),
-    /// `sessionDuration` is outside what STS accepts.
-    #[error("sessionDuration {0:?} is outside 15m..12h, the limits of STS; 1h is the default")]
-    SessionDurationRange(String),
+    /// `sessionDuration` does not parse or is outside what STS accepts.
+    #[error("sessionDuration {0}")]
+    SessionDuration(SessionDurationError),
     /// `region` is not a region code.
     #[error("region {0:?} is not an AWS region code such as eu-west-1 or us-gov-west-1")]
     Region(String),
@@ -262,9 +254,7 @@ impl SpecError {
         match self {
             Self::ServiceAccountName(_) => "InvalidServiceAccountName",
             Self::RoleArn { .. } => "InvalidRoleArn",
-            Self::SessionDurationFormat(_) | Self::SessionDurationRange(_) => {
-                "InvalidSessionDuration"
-            }
+            Self::SessionDuration(_) => "InvalidSessionDuration",
             Self::Region(_) => "InvalidRegion",
             Self::StsEndpoint { .. } => "InvalidStsEndpoint",
             Self::Audience => "InvalidAudience",
@@ -364,21 +354,10 @@ pub fn validate_for(
     }
 }
 
-/// Parses `sessionDuration` in the grammar the CRD's CEL rule accepts (Go duration units
-/// `h`, `m`, `s`, in that order, integers only) and checks STS's bounds.
-///
-/// humantime alone would also accept `1 hour` or `2days`, which the API server rejects; the
-/// grammar check keeps both validations in agreement.
+/// Parses `sessionDuration` with the grammar and bounds of [`crate::duration`], which the
+/// CRD's CEL rules and the agent's `--duration` flag share.
 pub fn parse_session_duration(written: &str) -> Result<Duration, SpecError> {
-    if !is_go_hms_duration(written) {
-        return Err(SpecError::SessionDurationFormat(written.to_owned()));
-    }
-    let parsed = humantime::parse_duration(written)
-        .map_err(|_| SpecError::SessionDurationFormat(written.to_owned()))?;
-    if !(MIN_SESSION_DURATION..=MAX_SESSION_DURATION).contains(&parsed) {
-        return Err(SpecError::SessionDurationRange(written.to_owned()));
-    }
-    Ok(parsed)
+    crate::duration::parse_session_duration(written).map_err(SpecError::SessionDuration)
 }
 
 fn session_warnings(written: &str, duration: Duration) -> Vec<SpecWarning> {
@@ -392,32 +371,14 @@ fn session_warnings(written: &str, duration: Duration) -> Vec<SpecWarning> {
     } else {
         format!(
             "the agent must renew every {} with only {} to spare before SDKs such as botocore re-fetch on every call",
-            humantime::format_duration(duration - margin),
-            humantime::format_duration(margin - SDK_REFRESH_WINDOW)
+            crate::duration::format(duration - margin),
+            crate::duration::format(margin - SDK_REFRESH_WINDOW)
         )
     };
     vec![SpecWarning::SessionTooShort {
         written: written.to_owned(),
         consequence,
     }]
-}
-
-/// `^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$` with at least one part, without a regex
-/// engine (not a dependency of this crate).
-fn is_go_hms_duration(s: &str) -> bool {
-    let mut rest = s;
-    let mut parts = 0;
-    for unit in ['h', 'm', 's'] {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 && rest[digits..].starts_with(unit) {
-            if digits > 5 {
-                return false;
-            }
-            rest = &rest[digits + 1..];
-            parts += 1;
-        }
-    }
-    parts > 0 && rest.is_empty()
 }
 
 /// Kubernetes' DNS-1123 subdomain: what a ServiceAccount name must be.
@@ -741,7 +702,7 @@ mod tests {
         let yaml = crd_yaml().unwrap();
         for rule in [
             CEL_ROLE_ARN,
-            CEL_DURATION_RANGE,
+            cel_range_rule().as_str(),
             CEL_REGION,
             CEL_STS_ENDPOINT,
         ] {

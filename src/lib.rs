@@ -11,6 +11,7 @@ pub mod agent;
 pub mod aws;
 pub mod controller;
 pub mod crd;
+pub mod duration;
 pub mod inject;
 pub mod metrics;
 pub mod operator;

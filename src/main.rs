@@ -1,7 +1,15 @@
 //! The `credvend` binary: one executable for every role (operator, agent, tooling).
 //!
 //! `main` stays thin: parse the command line, install the TLS crypto provider and logging,
-//! hand over to the library, and turn an error into a message and a non-zero exit code.
+//! hand over to the library, and turn an error into one log line (in the chosen log format,
+//! each cause once) and a non-zero exit code.
+//!
+//! The agent runs on a current-thread runtime: it is a sidecar in every pod, its work is a few
+//! requests and one STS call per half hour, and a runtime with one worker per node core would
+//! start 96 threads on a 96-core node in every pod. The operator serves the whole cluster's
+//! admissions and keeps the multi-threaded runtime.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -24,23 +32,59 @@ enum Command {
     Crd,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Threads the agent may start for blocking work (reading the token file, DNS lookups); they
+/// exit when idle.
+const AGENT_BLOCKING_THREADS: usize = 2;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for the whole process (kube, the AWS SDK and the webhook use rustls).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     match cli.command {
         Command::Agent(args) => {
             credvend::telemetry::init(args.log_format);
-            runtime.block_on(credvend::agent::run(*args))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(AGENT_BLOCKING_THREADS)
+                .build();
+            let result = match runtime {
+                Ok(rt) => rt.block_on(credvend::agent::run(*args)).map_err(Into::into),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
+            };
+            exit("agent", result)
         }
         Command::Operator(args) => {
             credvend::telemetry::init(args.log_format);
-            runtime.block_on(credvend::operator::run(*args))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            let result = match runtime {
+                Ok(rt) => rt
+                    .block_on(credvend::operator::run(*args))
+                    .map_err(Into::into),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
+            };
+            exit("operator", result)
         }
-        Command::Crd => print!("{}", credvend::crd::crd_yaml()?),
+        Command::Crd => match credvend::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", credvend::telemetry::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
-    Ok(())
+}
+
+fn exit(command: &str, result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            credvend::telemetry::report_fatal(command, e.as_ref());
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -35,3 +35,68 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+///
+/// Many errors already print their source inside their own message (`thiserror`'s `{0}`), so a
+/// cause whose text is already on the line is not repeated: each cause appears once.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for cause in causes(err) {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// `err` and everything that caused it, outermost first.
+///
+/// `std::io::Error::source()` skips the error an `io::Error` wraps (it returns that error's
+/// source), and connectors nest their errors in `io::Error`s, so this walks into each
+/// `io::Error`'s payload instead.
+pub fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io
+            .get_ref()
+            .map(|inner| inner as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    })
+}
+
+/// Logs the error that ends a subcommand, through the subscriber [`init`] installed, so that
+/// with `--log-format json` it is one JSON object like every other line.
+pub fn report_fatal(command: &str, err: &(dyn std::error::Error + 'static)) {
+    tracing::error!(error = %error_chain(err), "credvend {command} stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot bind the metrics listener: {0}")]
+        Includes(#[source] std::io::Error),
+        #[error("cannot start")]
+        Omits(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn every_cause_appears_exactly_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let included = error_chain(&Outer::Includes(io()));
+        assert_eq!(included, "cannot bind the metrics listener: address in use");
+        assert_eq!(included.matches("address in use").count(), 1);
+        assert_eq!(
+            error_chain(&Outer::Omits(io())),
+            "cannot start: address in use"
+        );
+    }
+}

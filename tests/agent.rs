@@ -307,10 +307,17 @@ async fn keeps_serving_cached_credentials_while_sts_fails_and_recovers() {
         (doc["AccessKeyId"] != first["AccessKeyId"]).then_some(())
     })
     .await;
+    let log = agent.log();
     assert!(
-        agent.log().contains("Throttling"),
+        log.contains("Throttling"),
         "the failure is logged with its code"
     );
+    // The first retries come after 0.5-1 s: logged in milliseconds, never as "0s".
+    assert!(
+        log.contains("retry_in=") && !log.contains("retry_in=0s"),
+        "{log}"
+    );
+    assert!(log.contains("ms still_serving_cached=true"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -320,11 +327,18 @@ async fn unreachable_sts_is_survived_until_expiry_then_answered_with_503() {
     let agent = ready_agent(&sts).await;
 
     sts.stop();
-    let unreachable = r#"credvend_sts_errors_total{code="Unreachable"}"#;
-    eventually("an unreachable STS", READY, || async {
-        agent.metric(unreachable).await
+    // The cause survives into the metric's code and the log (was "Unreachable" and
+    // "connection failed" for every cause).
+    let refused = r#"credvend_sts_errors_total{code="ConnectionRefused"}"#;
+    eventually("a refused connection to STS", READY, || async {
+        agent.metric(refused).await
     })
     .await;
+    assert!(
+        agent.log().contains("Connection refused"),
+        "the OS error is in the log:\n{}",
+        agent.log()
+    );
     assert_eq!(
         agent.fetch().await.status,
         200,
@@ -405,9 +419,24 @@ async fn secrets_never_reach_the_logs() {
     .await
     .unwrap();
     let log = agent.log();
+    // Debug logging was on, and the debug lines that format each secret-holding value (with
+    // its redacting Debug) ran: the web identity token, the credentials, the endpoint token.
+    for event in [
+        "read the web identity token",
+        "new credentials",
+        "endpoint authorization token ready",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" DEBUG ") && l.contains(event) && l.contains("[redacted]")),
+            "no debug line {event:?} with a redacted value:\n{log}"
+        );
+    }
+    // Nothing of a credential is logged, the access key id included (README "Security model").
+    let access_key_id = doc["AccessKeyId"].as_str().unwrap();
     assert!(
-        log.contains("credentials refreshed"),
-        "debug logging was on:\n{log}"
+        !log.contains(access_key_id),
+        "the access key id appears in the log"
     );
     let token = std::fs::read_to_string(agent.token_file()).unwrap();
     for (what, secret) in [
@@ -421,4 +450,262 @@ async fn secrets_never_reach_the_logs() {
     ] {
         assert!(!log.contains(secret), "the {what} appears in the log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_that_arrive_expired_are_retried_with_backoff_and_blamed_on_the_clock() {
+    let sts = StsPeer::start();
+    // What an agent on a node whose clock is an hour fast sees.
+    sts.issue_expired(3600).await;
+    let agent = AgentProcess::start(AgentOptions::new(sts.endpoint()));
+    agent.wait_up(READY).await;
+    let expired = r#"credvend_sts_errors_total{code="CredentialsExpiredOnArrival"}"#;
+    eventually("four expired answers", READY, || async {
+        agent.metric(expired).await.filter(|n| *n >= 4.0)
+    })
+    .await;
+    // Exponential backoff with equal jitter: the n-th retry waits at least half of 2^n s
+    // (0.5, 1, 2 s), where the agent used to call again at once (192 calls in 10 s).
+    let times = sts.web_identity_call_times().await;
+    for (n, pair) in times.windows(2).take(3).enumerate() {
+        let gap = pair[1] - pair[0];
+        let floor = 0.5 * f64::from(1u32 << n);
+        assert!(
+            gap >= floor * 0.95,
+            "retry {n} came after {gap:.3}s: {times:?}"
+        );
+    }
+    assert_eq!(
+        agent.fetch().await.status,
+        503,
+        "expired credentials are never served"
+    );
+    assert_eq!(
+        http::get(&agent.metrics_url("/healthz/ready"))
+            .await
+            .unwrap()
+            .status,
+        503
+    );
+    let log = agent.log();
+    assert!(log.contains("the node's clock is wrong"), "{log}");
+    assert!(
+        log.contains("before the node's clock says it is now"),
+        "{log}"
+    );
+
+    // Once STS answers properly, the agent recovers by itself.
+    sts.set_lifetime(0).await;
+    agent.wait_ready(Duration::from_secs(90)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unparseable_sts_reply_is_an_invalid_response_retried_soon() {
+    let sts = StsPeer::start();
+    sts.set_lifetime(20).await;
+    let agent = ready_agent(&sts).await;
+    let first = agent.fetch().await.json();
+    sts.garble().await;
+    // Two failed attempts within the wait: the reply is treated as transient, with backoff
+    // from 0.5-1 s, not as a permanent error waiting a fixed 60 s.
+    let invalid = r#"credvend_sts_errors_total{code="InvalidResponse"}"#;
+    eventually("two invalid responses", READY, || async {
+        agent.metric(invalid).await.filter(|n| *n >= 2.0)
+    })
+    .await;
+    assert_eq!(
+        agent
+            .metric(r#"credvend_sts_errors_total{code="Other"}"#)
+            .await,
+        None
+    );
+    assert_eq!(
+        agent.fetch().await.status,
+        200,
+        "cached credentials still served"
+    );
+    sts.recover().await;
+    eventually("a new access key", READY, || async {
+        let doc = agent.fetch().await.json();
+        (doc["AccessKeyId"] != first["AccessKeyId"]).then_some(())
+    })
+    .await;
+    assert!(agent.log().contains("could not be read as an STS reply"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_file_larger_than_any_token_is_refused_without_calling_sts() {
+    let sts = StsPeer::start();
+    let mut opts = AgentOptions::new(sts.endpoint());
+    // A 10 MB file where the token should be (a wrong mount).
+    opts.token = Some("a".repeat(10 << 20));
+    let agent = AgentProcess::start(opts);
+    agent.wait_up(READY).await;
+    let too_large = r#"credvend_token_errors_total{reason="too_large"}"#;
+    eventually("three too-large errors", READY, || async {
+        agent.metric(too_large).await.filter(|n| *n >= 3.0)
+    })
+    .await;
+    assert!(
+        sts.web_identity_calls().await.is_empty(),
+        "the file was sent to STS"
+    );
+    assert!(
+        agent.log().contains("more than 20000 bytes"),
+        "{}",
+        agent.log()
+    );
+    // For the record (the file used to be read whole and sent on every attempt).
+    eprintln!(
+        "peak RSS with a 10 MB token file: {} kB",
+        agent.proc_status("VmHWM")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cancels_an_sts_call_in_flight() {
+    let sts = StsPeer::start();
+    sts.set_lifetime(20).await;
+    let mut agent = ready_agent(&sts).await;
+    // The next renewal (about 10 s from now) hangs at STS for longer than the agent's timeout.
+    sts.delay(60).await;
+    eventually("an STS call in flight", READY, || async {
+        (sts.in_flight().await >= 1).then_some(())
+    })
+    .await;
+    let status = agent.terminate();
+    assert!(status.success(), "{status}");
+    let log = agent.log();
+    assert!(
+        log.contains("the STS exchange in flight was cancelled"),
+        "{log}"
+    );
+    // Had it waited, the call would have ended as a timeout first.
+    assert!(!log.contains("(Timeout)"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_serves_its_persisted_credentials_while_sts_is_down() {
+    let mut sts = StsPeer::start();
+    let mut agent = ready_agent(&sts).await;
+    let before = agent.fetch().await.json();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(agent.cache_file()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    sts.stop();
+    agent.restart();
+    // Only the cache file can make it ready: STS refuses every connection.
+    agent.wait_ready(READY).await;
+    let after = agent.fetch().await.json();
+    assert_eq!(after, before, "the same credentials, served at once");
+    assert!(
+        agent
+            .log()
+            .contains("serving the credentials a previous run")
+    );
+
+    // A garbled copy is ignored with a log line, and nothing is served from it.
+    std::fs::write(agent.cache_file(), b"{\"version\":1,\"accessKeyId\":").unwrap();
+    agent.restart();
+    agent.wait_up(READY).await;
+    let garbled = r#"credvend_cache_file_errors_total{reason="garbled"}"#;
+    assert_eq!(agent.metric(garbled).await, Some(1.0));
+    assert_eq!(agent.fetch().await.status, 503);
+    let log = agent.log();
+    assert!(log.contains("ignoring the credentials cache file"), "{log}");
+    for secret in [
+        before["SecretAccessKey"].as_str().unwrap(),
+        before["Token"].as_str().unwrap(),
+    ] {
+        assert!(
+            !log.contains(secret),
+            "a secret from the cache file reached the log"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_port_answers_only_get_and_head() {
+    let sts = StsPeer::start();
+    let agent = ready_agent(&sts).await;
+    for path in ["/metrics", "/healthz/live", "/healthz/ready"] {
+        for method in ["POST", "PUT", "DELETE"] {
+            let reply = http::request(method, &agent.metrics_url(path), &[])
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 405, "{method} {path}");
+            assert_eq!(reply.headers["allow"], "GET, HEAD", "{method} {path}");
+        }
+        let head = http::request("HEAD", &agent.metrics_url(path), &[])
+            .await
+            .unwrap();
+        assert_eq!(head.status, 200, "HEAD {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_failure_towards_sts_is_named_as_such() {
+    let sts = StsPeer::start();
+    // moto speaks plain http: an https endpoint on its port fails in the TLS handshake.
+    let endpoint = sts.endpoint().replace("http://", "https://");
+    let agent = AgentProcess::start(AgentOptions::new(&endpoint));
+    agent.wait_up(READY).await;
+    eventually("a TLS error", READY, || async {
+        agent
+            .metric(r#"credvend_sts_errors_total{code="TlsError"}"#)
+            .await
+    })
+    .await;
+    let log = agent.log();
+    assert!(log.contains("the TLS handshake with STS failed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fatal_start_up_errors_follow_the_log_format_and_name_each_cause_once() {
+    let sts = StsPeer::start();
+    // The metrics port is taken: the bind error has an OS error as its cause.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut opts = AgentOptions::new(sts.endpoint());
+    opts.metrics_port = Some(port);
+    opts.extra_args = vec!["--log-format".into(), "json".into()];
+    let mut agent = AgentProcess::start(opts);
+    assert!(!agent.wait_exit(READY).success());
+    let log = agent.log();
+    let last = log.lines().last().unwrap_or_default();
+    let line: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the fatal error is not JSON ({e}): {log}"));
+    assert_eq!(line["level"], "ERROR", "{last}");
+    assert_eq!(line["message"], "credvend agent stopped", "{last}");
+    let error = line["error"].as_str().unwrap();
+    assert!(error.contains(&port.to_string()), "{error}");
+    assert_eq!(
+        error.matches("in use").count(),
+        1,
+        "the cause once: {error}"
+    );
+    // Every line is JSON: nothing printed beside the log format.
+    for l in log.lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_runs_a_handful_of_threads_whatever_the_node_size() {
+    let sts = StsPeer::start();
+    let mut opts = AgentOptions::new(sts.endpoint());
+    // What a multi-threaded tokio runtime would size itself to on a 96-core node.
+    opts.env = vec![("TOKIO_WORKER_THREADS".into(), "96".into())];
+    let agent = AgentProcess::start(opts);
+    agent.wait_ready(READY).await;
+    assert_eq!(agent.fetch().await.status, 200);
+    let threads = agent.proc_status("Threads");
+    // The main thread plus at most two for blocking work (token reads, DNS).
+    assert!(threads <= 3, "{threads} threads");
+    eprintln!(
+        "agent: {threads} threads, RSS {} kB",
+        agent.proc_status("VmRSS")
+    );
 }

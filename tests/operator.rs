@@ -79,8 +79,8 @@ async fn operator_injects_an_agent_that_vends_credentials_to_boto3() {
         app.volume_mounts
             .iter()
             .flatten()
-            .all(|m| m.name != "credvend-token"),
-        "the SA token stays in the sidecar"
+            .all(|m| m.name != "credvend-token" && m.name != "credvend-cache"),
+        "the SA token and the credentials cache stay in the sidecar"
     );
     // The ServiceAccount admission plugin ran after our patch: the app has the Kubernetes API
     // token, the agent (which never calls the API server) has an empty directory there.

@@ -16,7 +16,6 @@ use super::credentials::{Credentials, SecretBody};
 pub struct Cached {
     pub body: SecretBody,
     pub expiration: SystemTime,
-    pub access_key_id: String,
 }
 
 impl Cached {
@@ -25,7 +24,6 @@ impl Cached {
         Cached {
             body: creds.render(),
             expiration: creds.expiration,
-            access_key_id: creds.access_key_id.clone(),
         }
     }
 }

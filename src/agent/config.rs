@@ -1,77 +1,73 @@
-//! The agent's command line, and the checks that turn it into a configuration it can trust.
+//! The agent's validated configuration: [`AgentConfig`], built from the flags by
+//! [`AgentConfig::from_args`], and the checks behind it.
 //!
-//! Every flag can also come from an environment variable `CREDVEND_<FLAG>`, which is how the
-//! webhook could configure the sidecar without long argument lists. Validation happens before
-//! anything touches the network, so a mistyped role ARN or a listen address that would expose
-//! credentials beyond the pod fails at start-up with a message that says what to fix.
+//! Validation happens before anything touches the network, so a mistyped role ARN or a listen
+//! address that would expose credentials beyond the pod fails at start-up with a message that
+//! says what to fix. The rules shared with `AWSRoleBinding` (role ARNs, regions, STS endpoints,
+//! session durations) live in [`crate::aws`] and [`crate::duration`]; this file only names the
+//! flag in the message.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::Args;
+use super::args::AgentArgs;
+use super::sts::ExchangeRequest;
 
-use crate::telemetry::LogFormat;
+/// Region used when neither the flag nor the environment names one: the global endpoint's.
+const FALLBACK_REGION: &str = "us-east-1";
 
-/// Shortest session STS grants.
-pub const MIN_DURATION: Duration = Duration::from_secs(15 * 60);
-/// Longest session any role can be configured for.
-pub const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
-
-/// Flags of `credvend agent`.
-#[derive(Args, Clone, Debug)]
-pub struct AgentArgs {
-    /// IAM role to assume, e.g. arn:aws:iam::111122223333:role/s3-reader.
-    #[arg(long, env = "CREDVEND_ROLE_ARN")]
-    pub role_arn: String,
-
-    /// Projected service-account token; re-read on every exchange because the kubelet rotates it.
-    #[arg(
-        long,
-        env = "CREDVEND_TOKEN_FILE",
-        default_value = "/var/run/secrets/credvend.io/serviceaccount/token"
-    )]
-    pub token_file: PathBuf,
-
-    /// RoleSessionName shown in CloudTrail. Default: derived from POD_NAMESPACE and POD_NAME.
-    #[arg(long, env = "CREDVEND_SESSION_NAME")]
-    pub session_name: Option<String>,
-
-    /// Session length requested from STS (15m to 12h). Keep it at 40m or more so that served
-    /// credentials always outlive the SDKs' 15-minute refresh window.
-    #[arg(long, env = "CREDVEND_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-
-    /// AWS region, for the regional STS endpoint. Default: AWS_REGION or AWS_DEFAULT_REGION,
-    /// else us-east-1.
-    #[arg(long, env = "CREDVEND_REGION")]
-    pub region: Option<String>,
-
-    /// STS endpoint override (FIPS, VPC endpoints, tests). Default: the regional endpoint.
-    #[arg(long, env = "CREDVEND_STS_ENDPOINT")]
+/// The agent's settings after validation.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub exchange: ExchangeRequest,
+    pub region: String,
     pub sts_endpoint: Option<String>,
-
-    /// Address of the credentials endpoint. Must be a loopback address: anything else would
-    /// hand the pod's credentials to whoever can reach the pod.
-    #[arg(long, env = "CREDVEND_LISTEN", default_value = "127.0.0.1:9911")]
     pub listen: SocketAddr,
-
-    /// Address of /metrics, /healthz/live and /healthz/ready (never credentials).
-    #[arg(long, env = "CREDVEND_METRICS_LISTEN", default_value = "0.0.0.0:9912")]
     pub metrics_listen: SocketAddr,
-
-    /// File holding the token apps must send in the Authorization header. Written by the agent
-    /// (reused if valid, so a restarted sidecar keeps serving apps that read it only once).
-    #[arg(
-        long,
-        env = "CREDVEND_AUTH_TOKEN_FILE",
-        default_value = "/var/run/credvend/auth/token"
-    )]
     pub auth_token_file: PathBuf,
+    pub cache_file: PathBuf,
+}
 
-    /// Log format.
-    #[arg(long, env = "CREDVEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+impl AgentConfig {
+    /// Validates `args`, reading the pod's name, namespace and region from the environment
+    /// values passed in (so this stays testable without touching the process environment).
+    pub fn from_args(
+        args: &AgentArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        validate_role_arn(&args.role_arn)?;
+        validate_listen(args.listen)?;
+        let session_name = session_name(
+            args.session_name.as_deref(),
+            env("POD_NAMESPACE").as_deref(),
+            env("POD_NAME").as_deref(),
+        )?;
+        let region = args
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| FALLBACK_REGION.to_owned());
+        validate_region(&region)?;
+        if let Some(url) = &args.sts_endpoint {
+            validate_sts_endpoint(url)?;
+        }
+        Ok(AgentConfig {
+            exchange: ExchangeRequest {
+                role_arn: args.role_arn.clone(),
+                session_name,
+                duration: args.duration,
+                token_file: args.token_file.clone(),
+            },
+            region,
+            sts_endpoint: args.sts_endpoint.clone(),
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            auth_token_file: args.auth_token_file.clone(),
+            cache_file: args.cache_file.clone(),
+        })
+    }
 }
 
 /// A configuration mistake, reported before the agent starts.
@@ -85,8 +81,6 @@ pub enum ConfigError {
         "--listen {0} is not a loopback address; the credentials endpoint must stay inside the pod (use 127.0.0.1:<port> or [::1]:<port>)"
     )]
     ListenNotLoopback(SocketAddr),
-    #[error("--duration {0} is outside what STS allows (15m to 12h)")]
-    Duration(String),
     #[error(
         "no session name: set --session-name, or POD_NAMESPACE and POD_NAME (the webhook sets both)"
     )]
@@ -159,17 +153,6 @@ pub fn validate_listen(addr: SocketAddr) -> Result<(), ConfigError> {
     }
 }
 
-/// Checks the requested session length against STS's bounds.
-pub fn validate_duration(d: Duration) -> Result<(), ConfigError> {
-    if (MIN_DURATION..=MAX_DURATION).contains(&d) {
-        Ok(())
-    } else {
-        Err(ConfigError::Duration(
-            humantime::format_duration(d).to_string(),
-        ))
-    }
-}
-
 /// Accepts https endpoints anywhere and plain http only to a loopback IP (tests, local
 /// proxies): the web identity token must not cross a network in clear text.
 pub fn validate_sts_endpoint(url: &str) -> Result<(), ConfigError> {
@@ -190,6 +173,10 @@ pub fn validate_region(region: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -273,14 +260,6 @@ mod tests {
     }
 
     #[test]
-    fn duration_must_be_within_sts_bounds() {
-        assert!(validate_duration(Duration::from_secs(900)).is_ok());
-        assert!(validate_duration(Duration::from_secs(43200)).is_ok());
-        assert!(validate_duration(Duration::from_secs(899)).is_err());
-        assert!(validate_duration(Duration::from_secs(43201)).is_err());
-    }
-
-    #[test]
     fn sts_endpoint_requires_https_except_on_loopback() {
         for ok in [
             "https://sts.eu-west-1.amazonaws.com",
@@ -310,6 +289,113 @@ mod tests {
         }
         for bad in ["", "eu", "EU-WEST-1", "eu-west", "eu_west_1"] {
             assert!(validate_region(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+
+    fn parse(argv: &[&str]) -> AgentArgs {
+        Cli::try_parse_from(std::iter::once("agent").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_follow_the_pod_environment() {
+        let args = parse(&["--role-arn", "arn:aws:iam::111122223333:role/r"]);
+        let cfg = AgentConfig::from_args(
+            &args,
+            env(&[
+                ("POD_NAMESPACE", "team-a"),
+                ("POD_NAME", "web-0"),
+                ("AWS_REGION", "eu-west-1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.exchange.session_name, "team-a.web-0");
+        assert_eq!(cfg.region, "eu-west-1");
+        assert_eq!(cfg.exchange.duration.as_secs(), 3600);
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9911");
+        assert_eq!(cfg.metrics_listen.to_string(), "0.0.0.0:9912");
+        assert_eq!(
+            cfg.auth_token_file.to_str(),
+            Some("/var/run/credvend/auth/token")
+        );
+        assert_eq!(
+            cfg.exchange.token_file.to_str(),
+            Some("/var/run/secrets/credvend.io/serviceaccount/token")
+        );
+    }
+
+    #[test]
+    fn refuses_a_non_loopback_listen_address() {
+        let args = parse(&[
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/r",
+            "--session-name",
+            "s",
+            "--listen",
+            "0.0.0.0:9911",
+        ]);
+        let err = AgentConfig::from_args(&args, env(&[])).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::ListenNotLoopback("0.0.0.0:9911".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn falls_back_to_the_global_region_and_checks_flags() {
+        let args = parse(&[
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/r",
+            "--session-name",
+            "s",
+        ]);
+        assert_eq!(
+            AgentConfig::from_args(&args, env(&[])).unwrap().region,
+            "us-east-1"
+        );
+        let bad = parse(&["--role-arn", "nope", "--session-name", "s"]);
+        assert!(matches!(
+            AgentConfig::from_args(&bad, env(&[])),
+            Err(ConfigError::RoleArn { .. })
+        ));
+    }
+
+    #[test]
+    fn duration_flag_takes_the_binding_grammar_and_bounds() {
+        let with = |d: &str| {
+            Cli::try_parse_from([
+                "agent",
+                "--role-arn",
+                "arn:aws:iam::111122223333:role/r",
+                "--duration",
+                d,
+            ])
+            .map(|c| c.args.duration.as_secs())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(with("1h30m"), Ok(5400));
+        assert_eq!(with("15m"), Ok(900));
+        let short = with("5m").unwrap_err();
+        assert!(short.contains("outside 15m..12h"), "{short}");
+        // humantime spellings a binding could never carry are refused too.
+        for other in ["1 hour", "2days", "1.5h"] {
+            let err = with(other).unwrap_err();
+            assert!(err.contains("is not a duration"), "{other}: {err}");
         }
     }
 }

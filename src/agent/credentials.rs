@@ -12,7 +12,9 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-/// Temporary credentials from STS. `Debug` shows the access key id and expiry only.
+/// Temporary credentials from STS. `Debug` shows the expiry and the assumed-role ARN only:
+/// the access key id is not a secret, but the README promises that no part of a credential
+/// reaches a log, and CloudTrail correlation needs only the ARN (which holds the session name).
 pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: SecretString,
@@ -25,7 +27,7 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
-            .field("access_key_id", &self.access_key_id)
+            .field("access_key_id", &"[not logged]")
             .field("secret_access_key", &"[redacted]")
             .field("session_token", &"[redacted]")
             .field("expiration", &format_expiration(self.expiration))
@@ -159,9 +161,11 @@ pub(crate) mod tests {
         let creds = sample(UNIX_EPOCH);
         let dbg = format!("{creds:?} {:?}", creds.render());
         assert!(
-            !dbg.contains("secret-key") && !dbg.contains("session-token"),
+            !dbg.contains("secret-key")
+                && !dbg.contains("session-token")
+                && !dbg.contains("ASIAEXAMPLE"),
             "{dbg}"
         );
-        assert!(dbg.contains("ASIAEXAMPLE"));
+        assert!(dbg.contains("assumed-role/reader/ns.pod"), "{dbg}");
     }
 }

@@ -24,6 +24,7 @@ pub struct AgentMetrics {
     pub token_expiration: Gauge,
     pub packed_policy_size: Gauge,
     pub endpoint_requests: IntCounterVec,
+    pub cache_file_errors: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -56,7 +57,7 @@ impl AgentMetrics {
             sts_errors: register_int_counter_vec_with_registry!(
                 Opts::new(
                     "credvend_sts_errors_total",
-                    "Failed STS calls, by error code (AccessDenied, InvalidIdentityToken, Throttling, Unreachable, ...)."
+                    "Failed STS calls, by error code (AccessDenied, InvalidIdentityToken, Throttling, ConnectionRefused, TlsError, DnsError, InvalidResponse, CredentialsExpiredOnArrival, ...)."
                 ),
                 &["code"],
                 r
@@ -64,7 +65,7 @@ impl AgentMetrics {
             token_errors: register_int_counter_vec_with_registry!(
                 Opts::new(
                     "credvend_token_errors_total",
-                    "Failures to read the projected service-account token, by reason (missing, empty, unreadable, not_text)."
+                    "Failures to read the projected service-account token, by reason (missing, empty, unreadable, not_text, too_large)."
                 ),
                 &["reason"],
                 r
@@ -90,6 +91,14 @@ impl AgentMetrics {
                     "Requests to the credentials endpoint, by HTTP status."
                 ),
                 &["status"],
+                r
+            )?,
+            cache_file_errors: register_int_counter_vec_with_registry!(
+                Opts::new(
+                    "credvend_cache_file_errors_total",
+                    "Credentials cache file copies that could not be written or were not used at start-up, by reason (write_failed, garbled, expired, other_role, too_large, unreadable)."
+                ),
+                &["reason"],
                 r
             )?,
             registry,

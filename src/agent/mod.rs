@@ -1,48 +1,45 @@
 //! `credvend agent`: the per-pod sidecar that turns the pod's identity into AWS credentials.
 //!
-//! Start-up validates the flags, prepares the authorization token file and binds both
-//! listeners before anything else, so mistakes fail fast with a clear message. Then three tasks
-//! run until SIGTERM: the refresher (the only STS caller), the loopback credentials endpoint,
-//! and the metrics/health server. Readiness is true only while valid credentials are cached,
-//! which is what holds back the pod's app containers (the sidecar's startupProbe).
+//! Start-up validates the flags, prepares the authorization token file, restores the
+//! credentials a previous run of the sidecar left in the cache file, and binds both listeners
+//! before anything else, so mistakes fail fast with a clear message. Then three tasks run until
+//! SIGTERM: the refresher (the only STS caller), the loopback credentials endpoint, and the
+//! metrics/health server. Readiness is true only while valid credentials are cached, which is
+//! what holds back the pod's app containers (the sidecar's startupProbe).
 //!
-//! Modules: `config` (flags and checks), `token` (projected token), `auth` (endpoint token),
-//! `sts` (the exchange), `schedule` (when to renew, pure), `refresh` (the loop), `cache`,
-//! `credentials` (the served document), `endpoint` (request → response, pure), `metrics`.
-//! Serving itself is the crate's shared [`server`](crate::server).
+//! This file is only that wiring. Modules: `args` (the flags), `config` (`AgentConfig`, the
+//! validated settings), `token` (projected token), `auth` (endpoint token), `sts` (the
+//! exchange and its production adapter), `schedule` (when to renew, pure), `refresh` (the
+//! loop), `cache` (what is served), `persist` (its copy for restarts), `credentials` (the
+//! served document), `endpoint` (request → response, pure), `handlers` (the two listeners),
+//! `metrics`. Serving itself is the crate's shared [`server`](crate::server).
 
+pub mod args;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod endpoint;
+pub mod handlers;
 pub mod metrics;
+pub mod persist;
 pub mod refresh;
 pub mod schedule;
 pub mod sts;
 pub mod token;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use ::http::{Response, StatusCode, header};
-use bytes::Bytes;
-use http_body_util::Full;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use self::auth::AuthToken;
-use self::cache::CredentialCache;
-use self::config::{AgentArgs, ConfigError};
-use self::metrics::AgentMetrics;
-use self::sts::{ExchangeError, ExchangeRequest, Exchanged};
+use self::cache::{Cached, CredentialCache};
+use self::config::{AgentConfig, ConfigError};
+use self::metrics::{AgentMetrics, unix_seconds};
+use self::persist::CredentialStore;
+use self::refresh::Refresher;
 
-pub use self::config::AgentArgs as Args;
-
-/// Region used when neither the flag nor the environment names one: the global endpoint's.
-const FALLBACK_REGION: &str = "us-east-1";
+pub use self::args::AgentArgs as Args;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,79 +50,14 @@ pub enum AgentError {
     AuthToken(#[from] auth::AuthTokenError),
     #[error(transparent)]
     Bind(#[from] crate::server::BindError),
-    #[error("cannot register metrics: {0}")]
+    #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot install the signal handler: {0}")]
-    Signal(std::io::Error),
-}
-
-/// The agent's settings after validation.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub exchange: ExchangeRequest,
-    pub region: String,
-    pub sts_endpoint: Option<String>,
-    pub listen: SocketAddr,
-    pub metrics_listen: SocketAddr,
-    pub auth_token_file: std::path::PathBuf,
-}
-
-impl AgentConfig {
-    /// Validates `args`, reading the pod's name, namespace and region from the environment
-    /// values passed in (so this stays testable without touching the process environment).
-    pub fn from_args(
-        args: &AgentArgs,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        config::validate_role_arn(&args.role_arn)?;
-        config::validate_duration(args.duration)?;
-        config::validate_listen(args.listen)?;
-        let session_name = config::session_name(
-            args.session_name.as_deref(),
-            env("POD_NAMESPACE").as_deref(),
-            env("POD_NAME").as_deref(),
-        )?;
-        let region = args
-            .region
-            .clone()
-            .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"))
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| FALLBACK_REGION.to_owned());
-        config::validate_region(&region)?;
-        if let Some(url) = &args.sts_endpoint {
-            config::validate_sts_endpoint(url)?;
-        }
-        Ok(AgentConfig {
-            exchange: ExchangeRequest {
-                role_arn: args.role_arn.clone(),
-                session_name,
-                duration: args.duration,
-                token_file: args.token_file.clone(),
-            },
-            region,
-            sts_endpoint: args.sts_endpoint.clone(),
-            listen: args.listen,
-            metrics_listen: args.metrics_listen,
-            auth_token_file: args.auth_token_file.clone(),
-        })
-    }
-}
-
-/// The production exchanger: STS through the AWS SDK.
-struct StsExchanger {
-    client: aws_sdk_sts::Client,
-    request: ExchangeRequest,
-}
-
-impl refresh::Exchange for StsExchanger {
-    async fn exchange(&self) -> Result<Exchanged, ExchangeError> {
-        sts::exchange(&self.client, &self.request).await
-    }
+    #[error("cannot install the signal handler")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+pub async fn run(args: Args) -> Result<(), AgentError> {
     let cfg = AgentConfig::from_args(&args, |k| std::env::var(k).ok())?;
     let (auth, reused) = auth::load_or_create(&cfg.auth_token_file)?;
     let metrics = AgentMetrics::new()?;
@@ -135,31 +67,48 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     tracing::info!(
         role_arn = %cfg.exchange.role_arn,
         session_name = %cfg.exchange.session_name,
-        duration = %humantime::format_duration(cfg.exchange.duration),
+        duration = %crate::duration::format(cfg.exchange.duration),
         region = %cfg.region,
         sts_endpoint = cfg.sts_endpoint.as_deref().unwrap_or("regional default"),
         listen = %cfg.listen,
         metrics_listen = %cfg.metrics_listen,
         auth_token_file = %cfg.auth_token_file.display(),
         auth_token_reused = reused,
+        cache_file = %cfg.cache_file.display(),
         "credvend agent starting"
+    );
+    // Formats the endpoint token's Debug (redacted) on purpose: the tests run at debug level
+    // and check that the token never reaches the log this way.
+    tracing::debug!(auth_token = ?auth, "endpoint authorization token ready");
+
+    let store = CredentialStore::open(
+        &cfg.cache_file,
+        &cfg.exchange.role_arn,
+        &cfg.exchange.session_name,
+    );
+    let restored = restore(store.as_ref(), &cfg, &cache, &metrics);
+    let first_refresh = schedule::first_refresh_delay(
+        cfg.exchange.duration,
+        restored,
+        refresh::os_unit() * 2.0 - 1.0,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let client = sts::client(cfg.region.clone(), cfg.sts_endpoint.clone()).await;
-    let refresher = tokio::spawn(refresh::run(
-        StsExchanger {
+    let refresher = Refresher {
+        exchanger: sts::StsExchanger {
             client,
             request: cfg.exchange.clone(),
         },
-        cfg.exchange.duration,
-        cache.clone(),
-        metrics.clone(),
-        refresh::os_unit,
-        stop_rx.clone(),
-    ));
+        requested: cfg.exchange.duration,
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        store,
+        unit: refresh::os_unit,
+    };
+    let refresher = tokio::spawn(refresher.run(first_refresh, stop_rx.clone()));
     let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
-    let creds_server = tokio::spawn(serve_sync(
+    let creds_server = tokio::spawn(handlers::serve_sync(
         creds_listener,
         crate::server::Port {
             name: "credentials",
@@ -167,18 +116,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             tls: None,
             metrics: server_metrics.clone(),
         },
-        credentials_handler(auth, cache.clone(), metrics.clone()),
+        handlers::credentials(auth, cache.clone(), metrics.clone()),
         crate::server::stopped(stop_rx.clone()),
     ));
-    let health_server = tokio::spawn(serve_sync(
+    let health_server = tokio::spawn(handlers::serve_sync(
         metrics_listener,
         crate::server::Port {
             name: "health",
-            limits: crate::server::Limits::health(HEALTH_CONNECTIONS),
+            limits: crate::server::Limits::health(handlers::HEALTH_CONNECTIONS),
             tls: None,
             metrics: server_metrics,
         },
-        health_handler(cache, metrics),
+        handlers::health(cache, metrics),
         crate::server::stopped(stop_rx),
     ));
 
@@ -195,177 +144,47 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Connections of the health port (on all addresses): the kubelet's probes and a scraper
-/// need a handful; any pod can reach the port, and with eviction a flood of connections
-/// costs the probes nothing but memory, which this bounds (about 20 KiB a connection).
-const HEALTH_CONNECTIONS: usize = 64;
-
-/// Answers one request from its head: both agent listeners answer from memory, synchronously,
-/// and never read a request body.
-type Handler = Arc<dyn Fn(&::http::request::Parts) -> Response<Full<Bytes>> + Send + Sync>;
-
-/// Serves `handler` on `listener` as `port` says. SIGTERM reaches a native sidecar only
-/// after the pod's app containers have exited, so there is no one to wait for: the agent
-/// stops accepting at once and drains.
-async fn serve_sync(
-    listener: TcpListener,
-    port: crate::server::Port,
-    handler: Handler,
-    shutdown: impl Future<Output = ()>,
-) {
-    let service = move |req: ::http::Request<Bytes>| {
-        let (parts, _body) = req.into_parts();
-        let resp = handler(&parts);
-        std::future::ready(resp)
+/// Puts the credentials of the cache file, when usable, in the cache; returns their remaining
+/// lifetime. Anything unusable is logged (never its contents), counted and left for the next
+/// successful refresh to overwrite.
+fn restore(
+    store: Option<&CredentialStore>,
+    cfg: &AgentConfig,
+    cache: &CredentialCache,
+    metrics: &AgentMetrics,
+) -> Option<Duration> {
+    let Some(store) = store else {
+        tracing::warn!(
+            cache_file = %cfg.cache_file.display(),
+            "the cache file's directory does not exist: credentials are kept in memory only, and a restarted agent waits for STS"
+        );
+        return None;
     };
-    crate::server::serve(
-        listener,
-        port,
-        crate::server::Leaving::new(),
-        service,
-        shutdown,
-    )
-    .await;
-}
-
-fn credentials_handler(
-    auth: AuthToken,
-    cache: Arc<CredentialCache>,
-    metrics: AgentMetrics,
-) -> Handler {
-    Arc::new(move |parts| {
-        let req = endpoint::EndpointRequest {
-            method: &parts.method,
-            path: parts.uri.path(),
-            authorization: parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        };
-        let resp = endpoint::respond(req, &auth, &cache, SystemTime::now());
-        metrics
-            .endpoint_requests
-            .with_label_values(&[resp.status().as_str()])
-            .inc();
-        resp
-    })
-}
-
-fn health_handler(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
-    Arc::new(move |parts| match parts.uri.path() {
-        "/metrics" => crate::server::metrics_page(&metrics.registry),
-        "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
-        "/healthz/ready" => match cache.valid_at(SystemTime::now()) {
-            Some(_) => crate::server::plain(StatusCode::OK, "ready"),
-            None => crate::server::plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no valid credentials cached",
-            ),
-        },
-        _ => crate::server::plain(StatusCode::NOT_FOUND, "not found"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
-
-    fn parse(argv: &[&str]) -> AgentArgs {
-        Cli::try_parse_from(std::iter::once("agent").chain(argv.iter().copied()))
-            .unwrap()
-            .args
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn defaults_follow_the_pod_environment() {
-        let args = parse(&["--role-arn", "arn:aws:iam::111122223333:role/r"]);
-        let cfg = AgentConfig::from_args(
-            &args,
-            env(&[
-                ("POD_NAMESPACE", "team-a"),
-                ("POD_NAME", "web-0"),
-                ("AWS_REGION", "eu-west-1"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(cfg.exchange.session_name, "team-a.web-0");
-        assert_eq!(cfg.region, "eu-west-1");
-        assert_eq!(cfg.exchange.duration.as_secs(), 3600);
-        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9911");
-        assert_eq!(cfg.metrics_listen.to_string(), "0.0.0.0:9912");
-        assert_eq!(
-            cfg.auth_token_file.to_str(),
-            Some("/var/run/credvend/auth/token")
-        );
-        assert_eq!(
-            cfg.exchange.token_file.to_str(),
-            Some("/var/run/secrets/credvend.io/serviceaccount/token")
-        );
-    }
-
-    #[test]
-    fn refuses_a_non_loopback_listen_address() {
-        let args = parse(&[
-            "--role-arn",
-            "arn:aws:iam::111122223333:role/r",
-            "--session-name",
-            "s",
-            "--listen",
-            "0.0.0.0:9911",
-        ]);
-        let err = AgentConfig::from_args(&args, env(&[])).unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::ListenNotLoopback("0.0.0.0:9911".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn falls_back_to_the_global_region_and_checks_flags() {
-        let args = parse(&[
-            "--role-arn",
-            "arn:aws:iam::111122223333:role/r",
-            "--session-name",
-            "s",
-        ]);
-        assert_eq!(
-            AgentConfig::from_args(&args, env(&[])).unwrap().region,
-            "us-east-1"
-        );
-        let bad = parse(&["--role-arn", "nope", "--session-name", "s"]);
-        assert!(matches!(
-            AgentConfig::from_args(&bad, env(&[])),
-            Err(ConfigError::RoleArn { .. })
-        ));
-        let short = parse(&[
-            "--role-arn",
-            "arn:aws:iam::111122223333:role/r",
-            "--session-name",
-            "s",
-            "--duration",
-            "5m",
-        ]);
-        assert!(matches!(
-            AgentConfig::from_args(&short, env(&[])),
-            Err(ConfigError::Duration(_))
-        ));
+    let now = SystemTime::now();
+    match store.load(now) {
+        Ok(Some(restored)) => {
+            let remaining = restored.credentials.remaining(now);
+            metrics
+                .credentials_expiration
+                .set(unix_seconds(restored.credentials.expiration));
+            metrics
+                .last_refresh_success
+                .set(unix_seconds(restored.obtained_at));
+            cache.store(Cached::new(&restored.credentials));
+            tracing::info!(
+                expires_in = %humantime::format_duration(Duration::from_secs(remaining.as_secs())),
+                "serving the credentials a previous run of the agent obtained"
+            );
+            Some(remaining)
+        }
+        Ok(None) => None,
+        Err(err) => {
+            metrics
+                .cache_file_errors
+                .with_label_values(&[err.reason()])
+                .inc();
+            tracing::warn!(error = %err, "ignoring the credentials cache file");
+            None
+        }
     }
 }

@@ -5,7 +5,10 @@
 //! plenty of lifetime remains: when about half of it, and at least 20 minutes, is left. The
 //! renewal time is jittered by ±10% so that many pods started together do not call STS
 //! together. After a failure the agent retries with exponential backoff (1 s doubling, 60 s
-//! cap) with jitter, and keeps serving the credentials it has meanwhile.
+//! cap) with jitter, and keeps serving the credentials it has meanwhile. Credentials that
+//! arrive already expired (a wrong node clock, a misbehaving endpoint) are a failure too:
+//! without that rule, "renew when half the remaining lifetime is left" means "renew now",
+//! forever.
 
 use std::time::Duration;
 
@@ -20,6 +23,14 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Never renew sooner than this after a success, whatever the lifetime, so that a very short
 /// session (or a clock jump) cannot turn the agent into a busy loop against STS.
 pub const MIN_RENEWAL_DELAY: Duration = Duration::from_secs(30);
+
+/// Credentials that arrive with less than this left are treated as already expired.
+pub const MIN_USEFUL_LIFETIME: Duration = Duration::from_secs(1);
+
+/// Whether credentials with `remaining` lifetime on arrival are a failure, not a success.
+pub fn arrived_expired(remaining: Duration) -> bool {
+    remaining < MIN_USEFUL_LIFETIME
+}
 
 /// How much lifetime should remain when credentials of `lifetime` are renewed.
 ///
@@ -45,6 +56,26 @@ pub fn renewal_delay(lifetime: Duration, remaining: Duration, jitter: f64) -> Du
     jittered
         .min(remaining.saturating_sub(Duration::from_secs(1)))
         .max(MIN_RENEWAL_DELAY.min(remaining / 2))
+}
+
+/// When to make the first exchange after start-up: at once, unless credentials restored from
+/// the cache file (with `restored` lifetime left) can be served until their normal renewal.
+pub fn first_refresh_delay(
+    lifetime: Duration,
+    restored: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    match restored {
+        Some(left) if left > renewal_margin(lifetime) => renewal_delay(lifetime, left, jitter),
+        _ => Duration::ZERO,
+    }
+}
+
+/// The wait after a failure that retrying soon cannot fix (trust policy, audience, policy
+/// documents): the longest backoff, jittered like every other, so that many pods of one
+/// misconfigured binding do not retry in step.
+pub fn permanent_failure_delay(unit: f64) -> Duration {
+    backoff_delay(u32::MAX, unit)
 }
 
 /// How long to wait before retry number `attempt` (0 for the first retry) after a failure.
@@ -136,6 +167,35 @@ mod tests {
         // Almost expired: wait less than what remains.
         let d = renewal_delay(secs(HOUR), secs(20), 0.0);
         assert!(d < secs(20) && d > Duration::ZERO, "{d:?}");
+    }
+
+    #[test]
+    fn credentials_without_lifetime_are_not_a_success() {
+        assert!(arrived_expired(Duration::ZERO));
+        assert!(arrived_expired(Duration::from_millis(999)));
+        assert!(!arrived_expired(secs(1)));
+    }
+
+    #[test]
+    fn restored_credentials_wait_for_their_renewal_time() {
+        assert_eq!(first_refresh_delay(secs(HOUR), None, 0.0), Duration::ZERO);
+        // 50 minutes left of a one-hour session: renew when 30 remain.
+        assert_eq!(
+            first_refresh_delay(secs(HOUR), Some(secs(50 * MIN)), 0.0),
+            secs(20 * MIN)
+        );
+        // Already inside the renewal margin: at once.
+        assert_eq!(
+            first_refresh_delay(secs(HOUR), Some(secs(25 * MIN)), 0.0),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn permanent_failures_wait_the_cap_with_jitter() {
+        assert_eq!(permanent_failure_delay(1.0), BACKOFF_CAP);
+        assert_eq!(permanent_failure_delay(0.0), BACKOFF_CAP / 2);
+        assert_ne!(permanent_failure_delay(0.2), permanent_failure_delay(0.7));
     }
 
     #[test]

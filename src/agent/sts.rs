@@ -1,9 +1,11 @@
-//! The STS exchange: projected token in, temporary credentials out.
+//! The STS exchange: projected token in, temporary credentials out, and [`StsExchanger`],
+//! the adapter the refresher calls in production.
 //!
 //! `AssumeRoleWithWebIdentity` is an unsigned call (the token is the proof), so the client has
 //! no credentials provider at all. The SDK's own retries are off: the refresher owns the retry
 //! policy (backoff with jitter, serving cached credentials meanwhile) and counts every attempt.
-//! Failures are mapped to a small, stable set of codes used in logs and as a metric label.
+//! Failures are mapped to a small, stable set of codes used in logs and as a metric label;
+//! connection failures keep their cause (refused, reset, TLS, DNS) in both.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,7 +41,7 @@ pub struct Exchanged {
 }
 
 /// STS error codes worth telling apart; everything else is `Other`, so the metric label set
-/// stays small whatever STS answers.
+/// stays small whatever STS answers. The last group describes the way to STS, not STS itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StsErrorCode {
     Throttling,
@@ -54,8 +56,20 @@ pub enum StsErrorCode {
     InvalidParameter,
     ServerError,
     Timeout,
+    /// Nothing listens at the endpoint (TCP connection refused).
+    ConnectionRefused,
+    /// The connection was reset or closed before an answer.
+    ConnectionReset,
+    /// The TLS handshake failed (certificate, protocol, or not TLS at all).
+    TlsError,
+    /// The endpoint's name does not resolve.
+    DnsError,
+    /// Any other failure to connect.
     Unreachable,
+    /// The reply is not an STS reply (cannot be parsed, or has no credentials).
     InvalidResponse,
+    /// STS answered with credentials that had already expired by the node's clock.
+    ExpiredOnArrival,
     Other,
 }
 
@@ -75,10 +89,17 @@ impl StsErrorCode {
             Some("InvalidParameterValue" | "ValidationError" | "InvalidParameterCombination") => {
                 Self::InvalidParameter
             }
-            _ => match status {
+            // STS always names its errors; a reply without a code was not an STS error
+            // document (a 200 that does not parse, a proxy's HTML page), which a retry can fix.
+            Some(_) => match status {
                 Some(429) => Self::Throttling,
                 Some(s) if s >= 500 => Self::ServerError,
                 _ => Self::Other,
+            },
+            None => match status {
+                Some(429) => Self::Throttling,
+                Some(s) if s >= 500 => Self::ServerError,
+                _ => Self::InvalidResponse,
             },
         }
     }
@@ -98,8 +119,13 @@ impl StsErrorCode {
             Self::InvalidParameter => "InvalidParameter",
             Self::ServerError => "ServerError",
             Self::Timeout => "Timeout",
+            Self::ConnectionRefused => "ConnectionRefused",
+            Self::ConnectionReset => "ConnectionReset",
+            Self::TlsError => "TlsError",
+            Self::DnsError => "DnsError",
             Self::Unreachable => "Unreachable",
             Self::InvalidResponse => "InvalidResponse",
+            Self::ExpiredOnArrival => "CredentialsExpiredOnArrival",
             Self::Other => "Other",
         }
     }
@@ -114,8 +140,13 @@ impl StsErrorCode {
                 | Self::IdpCommunicationError
                 | Self::ServerError
                 | Self::Timeout
+                | Self::ConnectionRefused
+                | Self::ConnectionReset
+                | Self::TlsError
+                | Self::DnsError
                 | Self::Unreachable
                 | Self::InvalidResponse
+                | Self::ExpiredOnArrival
                 | Self::ExpiredToken
         )
     }
@@ -137,8 +168,20 @@ impl StsErrorCode {
             }
             Self::RegionDisabled => "STS is not activated in this region for the account",
             Self::Throttling => "STS is throttling; retrying with backoff",
-            Self::Unreachable | Self::Timeout => {
+            Self::Unreachable | Self::Timeout | Self::ConnectionRefused | Self::ConnectionReset => {
                 "STS cannot be reached; check the endpoint, DNS and egress rules"
+            }
+            Self::DnsError => {
+                "the STS endpoint's name does not resolve; check the endpoint and the pod's DNS"
+            }
+            Self::TlsError => {
+                "the TLS handshake with STS failed; check the endpoint URL and any TLS-intercepting proxy"
+            }
+            Self::InvalidResponse => {
+                "the endpoint's reply is not an STS reply; is --sts-endpoint an STS endpoint? retrying with backoff"
+            }
+            Self::ExpiredOnArrival => {
+                "STS returned credentials that had already expired: the node's clock is wrong (check its time synchronisation) or the STS endpoint misbehaves; retrying with backoff"
             }
             _ => "retrying with backoff",
         }
@@ -185,6 +228,18 @@ pub async fn client(region: String, endpoint: Option<String>) -> aws_sdk_sts::Cl
     aws_sdk_sts::Client::new(&loader.load().await)
 }
 
+/// The production exchanger: STS through the AWS SDK.
+pub struct StsExchanger {
+    pub client: aws_sdk_sts::Client,
+    pub request: ExchangeRequest,
+}
+
+impl super::refresh::Exchange for StsExchanger {
+    async fn exchange(&self) -> Result<Exchanged, ExchangeError> {
+        exchange(&self.client, &self.request).await
+    }
+}
+
 /// Reads the token file and exchanges it. The token is read here, every time, because the
 /// kubelet rotates it.
 pub async fn exchange(
@@ -198,6 +253,9 @@ pub async fn exchange(
             code: StsErrorCode::Other,
             message: format!("token reader task failed: {e}"),
         })??;
+    // Formats the token's Debug (redacted) on purpose: the tests run at debug level and check
+    // that no secret reaches the log through this path.
+    tracing::debug!(token = ?token, "read the web identity token");
     let out = client
         .assume_role_with_web_identity()
         .role_arn(&req.role_arn)
@@ -250,27 +308,41 @@ where
 {
     let (code, message) = match &err {
         SdkError::ServiceError(se) => {
-            let status = Some(se.raw().status().as_u16());
-            (
-                StsErrorCode::classify(se.err().code(), status),
-                se.err().message().unwrap_or("no message").to_owned(),
-            )
+            let status = se.raw().status().as_u16();
+            let code = StsErrorCode::classify(se.err().code(), Some(status));
+            let message = match (se.err().message(), code) {
+                (Some(m), _) => m.to_owned(),
+                (None, StsErrorCode::InvalidResponse) => {
+                    format!("the reply (HTTP {status}) could not be read as an STS reply")
+                }
+                (None, _) => format!("HTTP {status} with no message"),
+            };
+            (code, message)
         }
         SdkError::TimeoutError(_) => (StsErrorCode::Timeout, "the request timed out".to_owned()),
         SdkError::DispatchFailure(df) => {
             let what = if df.is_timeout() {
                 StsErrorCode::Timeout
             } else {
-                StsErrorCode::Unreachable
+                connection_failure(&err)
             };
+            // The chain of a connection failure holds addresses, OS errors and TLS alerts,
+            // never the request body (where the token is).
             (
                 what,
-                "the request could not be sent (connection failed)".to_owned(),
+                format!(
+                    "the request could not be sent: {}",
+                    crate::telemetry::error_chain(&err)
+                ),
             )
         }
-        SdkError::ResponseError(_) => (
+        // Not the SDK's own chain: a half-parsed reply could quote the credentials in it.
+        SdkError::ResponseError(re) => (
             StsErrorCode::InvalidResponse,
-            "the response could not be parsed".to_owned(),
+            format!(
+                "the reply (HTTP {}) could not be read as an STS reply",
+                re.raw().status().as_u16()
+            ),
         ),
         _ => (
             StsErrorCode::Other,
@@ -278,6 +350,33 @@ where
         ),
     };
     ExchangeError::Sts { code, message }
+}
+
+/// Names the cause of a failed connection from the error's source chain: the OS error kind
+/// where there is one, the TLS library's error, or hyper's "dns error".
+pub fn connection_failure(err: &(dyn std::error::Error + 'static)) -> StsErrorCode {
+    let chain: Vec<_> = crate::telemetry::causes(err).collect();
+    // The TLS library's error anywhere in the chain names the failure, whatever wraps it.
+    if chain.iter().any(|e| e.is::<rustls::Error>()) {
+        return StsErrorCode::TlsError;
+    }
+    for e in chain {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return StsErrorCode::ConnectionRefused,
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof => return StsErrorCode::ConnectionReset,
+                _ => {}
+            }
+        }
+        // hyper-util's connector names DNS failures only in its message.
+        if e.to_string().starts_with("dns error") {
+            return StsErrorCode::DnsError;
+        }
+    }
+    StsErrorCode::Unreachable
 }
 
 #[cfg(test)]
@@ -309,6 +408,9 @@ mod tests {
             (None, Some(429), "Throttling"),
             (None, Some(503), "ServerError"),
             (Some("SomethingNew"), Some(400), "Other"),
+            // A 200 (or a 4xx) that is not an STS error document: unparseable, transient.
+            (None, Some(200), "InvalidResponse"),
+            (None, Some(403), "InvalidResponse"),
         ];
         for (code, status, want) in cases {
             assert_eq!(
@@ -325,6 +427,69 @@ mod tests {
         assert!(!StsErrorCode::InvalidIdentityToken.is_transient());
         assert!(StsErrorCode::Throttling.is_transient());
         assert!(StsErrorCode::Unreachable.is_transient());
+        assert!(StsErrorCode::InvalidResponse.is_transient());
+        assert!(StsErrorCode::ExpiredOnArrival.is_transient());
+        assert!(StsErrorCode::ConnectionRefused.is_transient());
+    }
+
+    /// An error that wraps another, like hyper's and the SDK's do.
+    #[derive(Debug)]
+    struct Wrap(&'static str, Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(self.1.as_ref())
+        }
+    }
+
+    #[test]
+    fn connection_failures_are_named_from_their_cause() {
+        use std::io::{Error, ErrorKind};
+        let wrapped = |inner: Box<dyn std::error::Error + Send + Sync>| {
+            Wrap(
+                "dispatch failure",
+                Box::new(Wrap("client error (Connect)", inner)),
+            )
+        };
+        let refused = wrapped(Box::new(Wrap(
+            "tcp connect error",
+            Box::new(Error::from(ErrorKind::ConnectionRefused)),
+        )));
+        assert_eq!(
+            connection_failure(&refused),
+            StsErrorCode::ConnectionRefused
+        );
+        let reset = wrapped(Box::new(Error::from(ErrorKind::ConnectionReset)));
+        assert_eq!(connection_failure(&reset), StsErrorCode::ConnectionReset);
+        let tls = wrapped(Box::new(Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )));
+        assert_eq!(connection_failure(&tls), StsErrorCode::TlsError);
+        // hyper-rustls nests the rustls error two io::Errors deep.
+        let nested = wrapped(Box::new(Error::other(Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ))));
+        assert_eq!(connection_failure(&nested), StsErrorCode::TlsError);
+        let dns = wrapped(Box::new(Wrap(
+            "dns error",
+            Box::new(Error::other("failed to lookup address information")),
+        )));
+        assert_eq!(connection_failure(&dns), StsErrorCode::DnsError);
+        let other = wrapped(Box::new(Error::other("no route")));
+        assert_eq!(connection_failure(&other), StsErrorCode::Unreachable);
+        // The log keeps the whole chain.
+        assert_eq!(
+            crate::telemetry::error_chain(&refused),
+            "dispatch failure: client error (Connect): tcp connect error: connection refused"
+        );
     }
 
     #[test]

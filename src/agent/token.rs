@@ -4,14 +4,24 @@
 //! reads it again for every STS call instead of caching it. The token's `exp` claim is decoded
 //! without verifying the signature (STS verifies it): only to export its expiry as a metric and
 //! to warn when the kubelet apparently stopped rotating it.
+//!
+//! The file is read only up to what a token can be: STS accepts a `WebIdentityToken` of at
+//! most 20,000 characters, and a projected service-account token is about 1 KB. A larger file
+//! is refused without reading it whole and without calling STS, so a wrong mount (a log file,
+//! a huge secret) costs neither the sidecar's memory nor a doomed request per attempt.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
+
+/// The longest token STS accepts (`AssumeRoleWithWebIdentity`'s `WebIdentityToken` limit).
+pub const MAX_TOKEN_LEN: usize = 20_000;
+/// Whitespace around the token that is tolerated (and dropped) beyond [`MAX_TOKEN_LEN`].
+const WHITESPACE_SLACK: usize = 16;
 
 /// A web identity token as read from its file. `Debug` shows only its expiry.
 pub struct WebIdentityToken {
@@ -49,6 +59,10 @@ pub enum TokenError {
     Empty(PathBuf),
     #[error("web identity token file {0} is not UTF-8 text")]
     NotText(PathBuf),
+    #[error(
+        "web identity token file {path} holds more than {limit} bytes, more than STS accepts in a token; is the right file mounted there?"
+    )]
+    TooLarge { path: PathBuf, limit: usize },
 }
 
 impl TokenError {
@@ -59,6 +73,7 @@ impl TokenError {
             TokenError::Unreadable { .. } => "unreadable",
             TokenError::Empty(_) => "empty",
             TokenError::NotText(_) => "not_text",
+            TokenError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -66,13 +81,26 @@ impl TokenError {
 /// Reads and checks the token file. Blocking I/O on a tiny file: call from a blocking context
 /// or accept the microseconds.
 pub fn read(path: &Path) -> Result<WebIdentityToken, TokenError> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let io_error = |e: std::io::Error| match e.kind() {
         ErrorKind::NotFound => TokenError::Missing(path.to_owned()),
         kind => TokenError::Unreadable {
             path: path.to_owned(),
             kind,
         },
-    })?;
+    };
+    let limit = MAX_TOKEN_LEN + WHITESPACE_SLACK;
+    let file = std::fs::File::open(path).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells "too large" from "exactly at the limit".
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() > limit {
+        return Err(TokenError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_TOKEN_LEN,
+        });
+    }
     let text = String::from_utf8(bytes).map_err(|_| TokenError::NotText(path.to_owned()))?;
     parse(text, path)
 }
@@ -82,6 +110,12 @@ pub fn parse(text: String, path: &Path) -> Result<WebIdentityToken, TokenError> 
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(TokenError::Empty(path.to_owned()));
+    }
+    if trimmed.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_TOKEN_LEN,
+        });
     }
     let expires_at = jwt_expiry(trimmed);
     let token = if trimmed.len() == text.len() {
@@ -180,6 +214,22 @@ mod tests {
         assert_eq!(read(&binary).unwrap_err().reason(), "not_text");
         let is_dir = read(dir.path()).unwrap_err();
         assert_eq!(is_dir.reason(), "unreadable");
+    }
+
+    #[test]
+    fn files_larger_than_any_token_are_refused_without_reading_them_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let at_limit = dir.path().join("at-limit");
+        std::fs::write(&at_limit, format!("{}\n", "a".repeat(MAX_TOKEN_LEN))).unwrap();
+        assert_eq!(read(&at_limit).unwrap().expose().len(), MAX_TOKEN_LEN);
+        let over = dir.path().join("over");
+        std::fs::write(&over, "a".repeat(MAX_TOKEN_LEN + 1)).unwrap();
+        assert_eq!(read(&over).unwrap_err().reason(), "too_large");
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'a'; 10 << 20]).unwrap();
+        let err = read(&huge).unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+        assert!(err.to_string().contains("more than 20000 bytes"), "{err}");
     }
 
     #[test]

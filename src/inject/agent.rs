@@ -1,4 +1,4 @@
-//! The agent container and credvend's two volumes. These are new objects, so they are built
+//! The agent container and credvend's three volumes. These are new objects, so they are built
 //! typed and serialized whole; existing pod content is never rebuilt this way.
 
 use std::collections::BTreeMap;
@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     AGENT_CONTAINER_NAME, API_TOKEN_MOUNT_PATH, AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME,
-    AgentResources, InjectSettings, NO_API_TOKEN_VOLUME, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH,
-    TOKEN_VOLUME,
+    AgentResources, CACHE_FILE_NAME, CACHE_MOUNT_PATH, CACHE_VOLUME, InjectSettings,
+    NO_API_TOKEN_VOLUME, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
 use crate::crd::AWSRoleBinding;
 
@@ -72,6 +72,12 @@ pub(super) fn container(
                 mount_path: AUTH_MOUNT_PATH.to_owned(),
                 ..VolumeMount::default()
             },
+            // Writable, and only here: the agent's copy of the credentials it serves.
+            VolumeMount {
+                name: CACHE_VOLUME.to_owned(),
+                mount_path: CACHE_MOUNT_PATH.to_owned(),
+                ..VolumeMount::default()
+            },
             // Something at the API token path keeps the ServiceAccount admission plugin from
             // mounting the Kubernetes API token: the agent never talks to the API server.
             VolumeMount {
@@ -100,6 +106,8 @@ fn args(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Vec<S
         &format!("{TOKEN_MOUNT_PATH}/{TOKEN_FILE_NAME}"),
         "--auth-token-file",
         &format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
+        "--cache-file",
+        &format!("{CACHE_MOUNT_PATH}/{CACHE_FILE_NAME}"),
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--metrics-listen",
@@ -183,9 +191,9 @@ fn resources(r: &AgentResources) -> ResourceRequirements {
     }
 }
 
-/// `credvend-token` (mounted only into the agent), `credvend-auth`, and the empty
-/// `credvend-no-api-token`.
-pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 3] {
+/// `credvend-token` and `credvend-cache` (mounted only into the agent), `credvend-auth`, and
+/// the empty `credvend-no-api-token`.
+pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 4] {
     let token = Volume {
         name: TOKEN_VOLUME.to_owned(),
         projected: Some(ProjectedVolumeSource {
@@ -210,6 +218,16 @@ pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [V
         }),
         ..Volume::default()
     };
+    // In memory too: the credentials copy holds the secrets. The same small size limit as
+    // the auth volume (a copy is a few kilobytes).
+    let cache = Volume {
+        name: CACHE_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity(settings.auth_volume_size_limit.clone())),
+        }),
+        ..Volume::default()
+    };
     let no_api_token = Volume {
         name: NO_API_TOKEN_VOLUME.to_owned(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -218,7 +236,7 @@ pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [V
         }),
         ..Volume::default()
     };
-    [token, auth, no_api_token]
+    [token, auth, cache, no_api_token]
 }
 
 /// Whether `found` (the pod's init container named like the agent) and the pod's volumes are

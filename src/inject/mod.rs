@@ -73,7 +73,8 @@ pub const NO_API_TOKEN_VOLUME: &str = "credvend-no-api-token";
 /// Where the ServiceAccount admission plugin mounts the Kubernetes API token.
 pub const API_TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Volume names credvend adds; a pod without our agent may not bring them.
-pub const RESERVED_VOLUMES: [&str; 3] = [TOKEN_VOLUME, AUTH_VOLUME, NO_API_TOKEN_VOLUME];
+pub const RESERVED_VOLUMES: [&str; 4] =
+    [TOKEN_VOLUME, AUTH_VOLUME, CACHE_VOLUME, NO_API_TOKEN_VOLUME];
 /// Where the agent reads the projected token.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/credvend.io/serviceaccount";
 /// File name of the projected token inside [`TOKEN_MOUNT_PATH`].
@@ -82,6 +83,13 @@ pub const TOKEN_FILE_NAME: &str = "token";
 pub const AUTH_MOUNT_PATH: &str = "/var/run/credvend/auth";
 /// File name of the authorization token inside [`AUTH_MOUNT_PATH`].
 pub const AUTH_FILE_NAME: &str = "token";
+/// In-memory volume where the agent keeps a copy of the credentials it serves, so that a
+/// restarted sidecar serves at once; mounted only into the agent, never into apps.
+pub const CACHE_VOLUME: &str = "credvend-cache";
+/// Where the credentials cache volume is mounted in the agent.
+pub const CACHE_MOUNT_PATH: &str = "/var/run/credvend/cache";
+/// File name of the credentials copy inside [`CACHE_MOUNT_PATH`].
+pub const CACHE_FILE_NAME: &str = "credentials.json";
 
 /// The bindings the webhook found for the pod's namespace (from its store, or from a live
 /// lookup after a miss). Bindings of other namespaces are ignored, whatever is passed.

@@ -524,6 +524,8 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
             "/var/run/secrets/credvend.io/serviceaccount/token",
             "--auth-token-file",
             "/var/run/credvend/auth/token",
+            "--cache-file",
+            "/var/run/credvend/cache/credentials.json",
             "--listen",
             "127.0.0.1:9911",
             "--metrics-listen",
@@ -572,6 +574,21 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
         (api_path.name.as_str(), api_path.read_only),
         (NO_API_TOKEN_VOLUME, Some(true))
     );
+    // So is the credentials cache, which holds the secrets themselves.
+    let cache_mounts = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == CACHE_VOLUME)
+        })
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(cache_mounts, [AGENT_CONTAINER_NAME]);
     let token = spec
         .volumes
         .iter()
@@ -592,6 +609,16 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
         .unwrap();
     assert_eq!(
         auth.empty_dir.clone().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    let cache = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == CACHE_VOLUME)
+        .unwrap();
+    assert_eq!(
+        cache.empty_dir.clone().unwrap().medium.as_deref(),
         Some("Memory")
     );
 }
@@ -830,6 +857,13 @@ fn denials_name_the_fix() {
             app(),
             "foreign_volume",
             vec!["\"credvend-no-api-token\""],
+        ),
+        (
+            "foreign cache volume",
+            pod_with(json!({"spec": {"volumes": [{"name": "credvend-cache", "emptyDir": {}}]}})),
+            app(),
+            "foreign_volume",
+            vec!["\"credvend-cache\""],
         ),
         (
             "mount path taken",

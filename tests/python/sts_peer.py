@@ -9,7 +9,12 @@ agent *sent*. This wraps moto's WSGI app:
   until POST /__credvend/recover;
 - POST /__credvend/lifetime?seconds=N rewrites the Expiration of issued credentials to now+N
   (as STS does when a role's maximum session is shorter than asked), so refresh behaviour can be
-  observed in seconds; seconds=0 turns it off.
+  observed in seconds; seconds=0 turns it off, and a negative N issues credentials that have
+  already expired (what a node whose clock is ahead sees);
+- POST /__credvend/garble makes every STS call answer 200 with a body that is not an STS reply,
+  until POST /__credvend/recover;
+- POST /__credvend/delay?seconds=N holds every STS answer back for N seconds (0: no delay), and
+  GET /__credvend/in_flight says how many requests are being held.
 
 It listens on 127.0.0.1 only and prints "listening http://127.0.0.1:PORT" once ready.
 """
@@ -21,6 +26,7 @@ import json
 import re
 import sys
 import threading
+import time
 import urllib.parse
 
 from moto.server import DomainDispatcherApplication, create_backend_app
@@ -42,6 +48,9 @@ class Peer:
         self.requests = []
         self.failure = None  # (code, status)
         self.lifetime = 0
+        self.garbled = False
+        self.delay = 0.0
+        self.in_flight = 0
 
     def __call__(self, environ, start_response):
         req = Request(environ)
@@ -55,11 +64,24 @@ class Peer:
             "query": req.query_string.decode(),
             "form": form,
             "headers": {k.lower(): v for k, v in req.headers.items() if k.lower() in RECORDED_HEADERS},
+            "time": time.time(),
         }
         with self.lock:
             self.requests.append(record)
             failure = self.failure
             lifetime = self.lifetime
+            garbled = self.garbled
+            delay = self.delay
+        if delay:
+            with self.lock:
+                self.in_flight += 1
+            try:
+                time.sleep(delay)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+        if garbled:
+            return Response("<html>not an STS reply", status=200, content_type="text/xml")(environ, start_response)
         if failure:
             code, status = failure
             xml = ERROR_XML.format(code=code, message=f"injected by the test: {code}")
@@ -96,7 +118,16 @@ class Peer:
                 return Response("ok")
             if action == "recover" and req.method == "POST":
                 self.failure = None
+                self.garbled = False
                 return Response("ok")
+            if action == "garble" and req.method == "POST":
+                self.garbled = True
+                return Response("ok")
+            if action == "delay" and req.method == "POST":
+                self.delay = float(req.args.get("seconds", "0"))
+                return Response("ok")
+            if action == "in_flight" and req.method == "GET":
+                return Response(json.dumps(self.in_flight), content_type="application/json")
             if action == "lifetime" and req.method == "POST":
                 self.lifetime = int(req.args.get("seconds", "0"))
                 return Response("ok")

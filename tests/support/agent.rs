@@ -53,6 +53,13 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Write a token file with this content before start; `None` leaves it missing.
     pub token: Option<String>,
+    /// Give the agent a directory for its credentials cache file (as the webhook's
+    /// `credvend-cache` volume does); without one it keeps credentials in memory only.
+    pub cache_dir: bool,
+    /// Extra environment variables for the agent process.
+    pub env: Vec<(String, String)>,
+    /// The metrics port to use instead of a free one.
+    pub metrics_port: Option<u16>,
 }
 
 impl AgentOptions {
@@ -63,6 +70,9 @@ impl AgentOptions {
             listen_host: "127.0.0.1".to_owned(),
             extra_args: Vec::new(),
             token: Some(fake_jwt(Duration::from_secs(3600))),
+            cache_dir: true,
+            env: Vec::new(),
+            metrics_port: None,
         }
     }
 }
@@ -75,13 +85,14 @@ pub struct AgentProcess {
     pub port: u16,
     pub metrics_port: u16,
     listen_host: String,
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
     /// Starts the agent (without waiting for readiness).
     pub fn start(opts: AgentOptions) -> AgentProcess {
         let dir = tempfile::tempdir().unwrap();
-        let (port, metrics_port) = (free_port(), free_port());
+        let (port, metrics_port) = (free_port(), opts.metrics_port.unwrap_or_else(free_port));
         if let Some(token) = &opts.token {
             std::fs::write(dir.path().join("token"), token).unwrap();
         }
@@ -107,6 +118,17 @@ impl AgentProcess {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if opts.cache_dir {
+            std::fs::create_dir(dir.path().join("cache")).unwrap();
+        }
+        args.extend([
+            "--cache-file".to_owned(),
+            dir.path()
+                .join("cache/credentials.json")
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        ]);
         args.extend(opts.extra_args.iter().cloned());
         let mut agent = AgentProcess {
             dir,
@@ -115,6 +137,7 @@ impl AgentProcess {
             port,
             metrics_port,
             listen_host: opts.listen_host,
+            env: opts.env,
         };
         agent.spawn();
         agent
@@ -129,6 +152,7 @@ impl AgentProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
             .args(&self.args)
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("AWS_REGION")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -153,6 +177,26 @@ impl AgentProcess {
 
     pub fn token_file(&self) -> PathBuf {
         self.dir.path().join("token")
+    }
+
+    /// The credentials cache file (in `cache/`, when the agent was given that directory).
+    pub fn cache_file(&self) -> PathBuf {
+        self.dir.path().join("cache/credentials.json")
+    }
+
+    /// The process id of the running agent.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// A field of `/proc/<pid>/status` (e.g. `Threads`, `VmHWM`), as its first number.
+    pub fn proc_status(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
     pub fn auth_token_file(&self) -> PathBuf {
@@ -227,11 +271,6 @@ impl AgentProcess {
         self.metric(r#"credvend_endpoint_requests_total{status="200"}"#)
             .await
             .unwrap_or(0.0)
-    }
-
-    /// The process id (to read its memory from /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("agent running").id()
     }
 
     /// Sends SIGTERM and waits for the exit.

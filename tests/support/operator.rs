@@ -557,6 +557,11 @@ pub async fn run_injected_agent(
         args.push(flag.clone());
         if matches!(flag.as_str(), "--token-file" | "--auth-token-file") {
             args.push(map_path(it.next().unwrap()).display().to_string());
+        } else if flag == "--cache-file" {
+            // The kubelet would provide the credvend-cache emptyDir.
+            let cache = map_path(it.next().unwrap());
+            std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+            args.push(cache.display().to_string());
         } else if flag == "--metrics-listen" {
             it.next();
             args.push(format!("127.0.0.1:{metrics_port}"));

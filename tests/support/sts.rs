@@ -101,6 +101,40 @@ impl StsPeer {
         self.control(&format!("lifetime?seconds={seconds}")).await;
     }
 
+    /// Issued credentials have already expired `seconds` ago when they arrive.
+    pub async fn issue_expired(&self, seconds: u64) {
+        self.control(&format!("lifetime?seconds=-{seconds}")).await;
+    }
+
+    /// Every STS call answers 200 with a body that is not an STS reply, until
+    /// [`recover`](Self::recover).
+    pub async fn garble(&self) {
+        self.control("garble").await;
+    }
+
+    /// Holds every STS answer back for `seconds` (0: answer at once).
+    pub async fn delay(&self, seconds: u64) {
+        self.control(&format!("delay?seconds={seconds}")).await;
+    }
+
+    /// How many STS requests the peer is holding back right now (see [`delay`](Self::delay)).
+    pub async fn in_flight(&self) -> u64 {
+        let reply = http::get(&format!("{}/__credvend/in_flight", self.endpoint))
+            .await
+            .expect("peer answers");
+        serde_json::from_slice(&reply.body).expect("a number")
+    }
+
+    /// When each recorded AssumeRoleWithWebIdentity call arrived (Unix seconds).
+    pub async fn web_identity_call_times(&self) -> Vec<f64> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r["form"]["Action"] == "AssumeRoleWithWebIdentity")
+            .filter_map(|r| r["time"].as_f64())
+            .collect()
+    }
+
     async fn control(&self, action: &str) {
         let reply = http::post(&format!("{}/__credvend/{action}", self.endpoint))
             .await
