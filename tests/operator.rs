@@ -810,3 +810,73 @@ async fn containers_a_later_webhook_adds_get_credentials_and_no_second_agent() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_loses_its_lease_permission_steps_down_and_leads_again_once_it_returns() {
+    let cp = k8s::shared().await.unwrap();
+    let client = cp.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sts = StsPeer::start();
+    let installed = install_isolated(cp, &client, dir.path(), sts.endpoint()).await;
+    let (_, bindings) = team(&installed, &client, "lease-lost", sts.endpoint()).await;
+    wait_binding_ready(&bindings, "s3-reader", 0).await;
+    let leader = || async {
+        metric_value(
+            &metrics_page(installed.metrics_port).await,
+            "credvend_leader",
+            "",
+        )
+    };
+    assert_eq!(leader().await, Some(1.0));
+
+    // The Lease permission goes away while the replica leads: renewals fail (the lease
+    // manager only retries), so the replica must notice by itself and stop writing.
+    let role = installed
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Role")
+        .unwrap()
+        .clone();
+    let mut without_leases = role.clone();
+    let rules: Vec<serde_json::Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["apiGroups"][0] != "coordination.k8s.io")
+        .cloned()
+        .collect();
+    without_leases["rules"] = serde_json::Value::Array(rules);
+    support::manifests::apply_all(&client, &[without_leases])
+        .await
+        .unwrap();
+    let removed = std::time::Instant::now();
+    eventually("the leader to step down", WAIT, || async {
+        (leader().await? == 0.0).then_some(())
+    })
+    .await;
+    println!(
+        "stepped down {:?} after losing the Lease permission",
+        removed.elapsed()
+    );
+
+    support::manifests::apply_all(&client, &[role])
+        .await
+        .unwrap();
+    eventually("the replica to lead again", WAIT, || async {
+        (leader().await? == 1.0).then_some(())
+    })
+    .await;
+    bindings
+        .create(
+            &PostParams::default(),
+            &binding_yaml(
+                "after",
+                &bindings_namespace(&bindings),
+                "other",
+                sts.endpoint(),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_binding_ready(&bindings, "after", 0).await;
+}
