@@ -411,6 +411,7 @@ async fn without_leader_election_the_operator_becomes_ready_and_writes_status() 
     let sts = StsPeer::start();
     // install_with returns only once /healthz/ready answers 200: before the fix it stayed
     // 503 "bindings cache not synced yet" in this mode.
+    let started = std::time::Instant::now();
     let installed = install_with(
         cp,
         &client,
@@ -431,6 +432,10 @@ async fn without_leader_election_the_operator_becomes_ready_and_writes_status() 
                 .iter()
                 .all(|r| r["resources"][0] != "leases")),
         "no Lease permission is rendered without leader election"
+    );
+    println!(
+        "without leader election: ready {:?} after the install began",
+        started.elapsed()
     );
     let (ns, bindings) = team(&installed, &client, "no-le", sts.endpoint()).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -487,10 +492,15 @@ async fn a_follower_takes_over_when_the_leader_is_killed() {
     // The leader dies without releasing the Lease (SIGKILL): the follower takes over once it
     // expires, and statuses keep being written.
     installed.operator.kill();
+    let killed = std::time::Instant::now();
     eventually("operator-1 to hold the Lease", WAIT, || async {
         (holder().await.as_deref() == Some("operator-1")).then_some(())
     })
     .await;
+    println!(
+        "operator-1 took the Lease {:?} after operator-0 was killed",
+        killed.elapsed()
+    );
     bindings
         .create(
             &PostParams::default(),
@@ -571,7 +581,12 @@ async fn a_replica_that_cannot_campaign_keeps_trying_and_leads_once_it_can() {
     support::manifests::apply_all(&client, &[role])
         .await
         .unwrap();
+    let restored = std::time::Instant::now();
     wait_binding_ready(&bindings, "s3-reader", 0).await;
+    println!(
+        "status written {:?} after the Lease permission came back",
+        restored.elapsed()
+    );
     let page = metrics_page(installed.metrics_port).await;
     assert_eq!(
         metric_value(&page, "credvend_leader", ""),
@@ -794,4 +809,74 @@ async fn containers_a_later_webhook_adds_get_credentials_and_no_second_agent() {
         .delete(&mesh_config, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_loses_its_lease_permission_steps_down_and_leads_again_once_it_returns() {
+    let cp = k8s::shared().await.unwrap();
+    let client = cp.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sts = StsPeer::start();
+    let installed = install_isolated(cp, &client, dir.path(), sts.endpoint()).await;
+    let (_, bindings) = team(&installed, &client, "lease-lost", sts.endpoint()).await;
+    wait_binding_ready(&bindings, "s3-reader", 0).await;
+    let leader = || async {
+        metric_value(
+            &metrics_page(installed.metrics_port).await,
+            "credvend_leader",
+            "",
+        )
+    };
+    assert_eq!(leader().await, Some(1.0));
+
+    // The Lease permission goes away while the replica leads: renewals fail (the lease
+    // manager only retries), so the replica must notice by itself and stop writing.
+    let role = installed
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Role")
+        .unwrap()
+        .clone();
+    let mut without_leases = role.clone();
+    let rules: Vec<serde_json::Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["apiGroups"][0] != "coordination.k8s.io")
+        .cloned()
+        .collect();
+    without_leases["rules"] = serde_json::Value::Array(rules);
+    support::manifests::apply_all(&client, &[without_leases])
+        .await
+        .unwrap();
+    let removed = std::time::Instant::now();
+    eventually("the leader to step down", WAIT, || async {
+        (leader().await? == 0.0).then_some(())
+    })
+    .await;
+    println!(
+        "stepped down {:?} after losing the Lease permission",
+        removed.elapsed()
+    );
+
+    support::manifests::apply_all(&client, &[role])
+        .await
+        .unwrap();
+    eventually("the replica to lead again", WAIT, || async {
+        (leader().await? == 1.0).then_some(())
+    })
+    .await;
+    bindings
+        .create(
+            &PostParams::default(),
+            &binding_yaml(
+                "after",
+                &bindings_namespace(&bindings),
+                "other",
+                sts.endpoint(),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_binding_ready(&bindings, "after", 0).await;
 }

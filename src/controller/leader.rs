@@ -5,15 +5,19 @@
 //! kube-lease-manager holds the Lease with server-side apply and renews it `grace` seconds
 //! before it expires. Losing it (another replica took over after we missed renewals) stops the
 //! leader's work at once; shutting down releases the Lease so a follower takes over without
-//! waiting for it to expire. [`campaign`] never gives up: when the Lease cannot be created or
-//! held (the API server is unreachable, its RBAC is missing), it counts the failure, logs it
-//! and campaigns again with backoff, so a replica never stays up without a controller.
+//! waiting for it to expire. The lease manager retries failed renewals without reporting them,
+//! so a leader also reads the Lease every few seconds and steps down when another replica holds
+//! it, or when it cannot tell for longer than a Lease lasts. [`campaign`] never gives up: when
+//! the Lease cannot be created or held (the API server is unreachable, its RBAC is missing), it
+//! counts the failure, logs it and campaigns again with backoff, so a replica never stays up
+//! without a controller, nor believes it leads when it does not.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -130,6 +134,8 @@ where
 {
     let (namespace, lease_name, identity) = (namespace.into(), lease_name.into(), identity.into());
     let lease = format!("{namespace}/{lease_name}");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let confirm = Confirmation::new(leases, lease_name.clone(), identity.clone());
     let manager = LeaseManagerBuilder::new(client, lease_name)
         .with_namespace(namespace)
         .with_identity(identity.clone())
@@ -145,12 +151,14 @@ where
     tracing::info!(%lease, %identity, "waiting for leadership");
 
     let mut leader: Option<JoinHandle<()>> = None;
+    let mut confirm = confirm;
     tokio::pin!(shutdown);
     let result = loop {
         let leading = *is_leader.borrow_and_update();
         match (leading, leader.is_some()) {
             (true, false) => {
                 tracing::info!(%lease, %identity, "became leader; starting the controller");
+                confirm.last_confirmed = tokio::time::Instant::now();
                 leader = Some(tokio::spawn(lead()));
             }
             (false, true) => {
@@ -167,6 +175,15 @@ where
                 }
             }
             () = finished(&mut leader) => break Err(Error::LeaderTaskEnded(lease.clone())),
+            // The lease manager retries failed renewals without ever reporting them, so while
+            // leading, this replica checks the Lease itself and steps down when it is not
+            // the holder any more, or cannot tell for longer than a Lease lasts.
+            held = confirm.next(), if leader.is_some() => {
+                if !held {
+                    tracing::warn!(%lease, %identity, "cannot confirm holding the Lease; stepping down");
+                    break Err(Error::LeaseLost(lease.clone()));
+                }
+            }
         }
     };
 
@@ -189,6 +206,49 @@ where
         Err(_) => tracing::warn!(%lease, "the Lease was not released in time; it will expire"),
     }
     result
+}
+
+/// How often a leader reads the Lease to confirm it still holds it.
+const CONFIRM_EVERY: Duration = Duration::from_secs(LEASE_GRACE_SECONDS);
+
+/// A leader's own check of the Lease.
+struct Confirmation {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    last_confirmed: tokio::time::Instant,
+}
+
+impl Confirmation {
+    fn new(leases: Api<Lease>, name: String, identity: String) -> Self {
+        Confirmation {
+            leases,
+            name,
+            identity,
+            last_confirmed: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits [`CONFIRM_EVERY`], reads the Lease, and says whether this replica may go on
+    /// leading: it is the holder, or a failed read is not yet older than a Lease's duration.
+    async fn next(&mut self) -> bool {
+        tokio::time::sleep(CONFIRM_EVERY).await;
+        match self.leases.get(&self.name).await {
+            Ok(lease) => {
+                let holder = lease.spec.and_then(|s| s.holder_identity);
+                if holder.as_deref() == Some(self.identity.as_str()) {
+                    self.last_confirmed = tokio::time::Instant::now();
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, lease = %self.name, "reading the Lease");
+                self.last_confirmed.elapsed() < Duration::from_secs(LEASE_DURATION_SECONDS)
+            }
+        }
+    }
 }
 
 /// Aborts the leader's task and waits until it is gone, so no reconcile of ours overlaps with
