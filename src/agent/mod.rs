@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ::http::{Response, StatusCode, header};
+use ::http::{Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::net::TcpListener;
@@ -201,14 +201,7 @@ fn credentials_handler(
     metrics: AgentMetrics,
 ) -> Handler {
     Arc::new(move |parts| {
-        let req = endpoint::EndpointRequest {
-            method: &parts.method,
-            path: parts.uri.path(),
-            authorization: parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        };
+        let req = endpoint::EndpointRequest::from_parts(parts);
         let resp = endpoint::respond(req, &auth, &cache, SystemTime::now());
         metrics
             .endpoint_requests
