@@ -235,11 +235,13 @@ pub fn pod() -> impl Strategy<Value = Value> {
                     if let Some(a) = annotations {
                         metadata["annotations"] = Value::Object(a);
                     }
-                    let mut spec = json!({"containers": containers.clone()});
+                    let (mut containers, mut init) = (containers.clone(), init.clone());
+                    unique_ports(containers.iter_mut().chain(init.iter_mut().flatten()));
+                    let mut spec = json!({"containers": containers});
                     if let Some(sa) = sa {
                         spec["serviceAccountName"] = json!(sa);
                     }
-                    if let Some(init) = &init {
+                    if let Some(init) = init {
                         spec["initContainers"] = json!(init);
                     }
                     if let Some(volumes) = &volumes {
@@ -252,6 +254,17 @@ pub fn pod() -> impl Strategy<Value = Value> {
                 })
             })
     })
+}
+
+/// Drops a container port that an earlier container of the pod declares already: the API
+/// server refuses duplicates when they become host ports (with `hostNetwork`).
+fn unique_ports<'a>(containers: impl Iterator<Item = &'a mut Value>) {
+    let mut seen = BTreeSet::new();
+    for c in containers {
+        if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+            ports.retain(|p| seen.insert(p["containerPort"].as_u64()));
+        }
+    }
 }
 
 /// Applies an injection's patch to `pod` and checks what the webhook promises of it: only
