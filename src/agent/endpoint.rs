@@ -26,6 +26,22 @@ pub struct EndpointRequest<'a> {
     pub authorization: Option<&'a [u8]>,
 }
 
+impl<'a> EndpointRequest<'a> {
+    /// The parts of a request head the decision reads: the path without the query, and the
+    /// first `Authorization` header's raw bytes (a second one is never consulted, so sending
+    /// two cannot turn a wrong token into a right one).
+    pub fn from_parts(parts: &'a http::request::Parts) -> Self {
+        EndpointRequest {
+            method: &parts.method,
+            path: parts.uri.path(),
+            authorization: parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        }
+    }
+}
+
 /// Decides the response for one request at `now`.
 pub fn respond(
     req: EndpointRequest<'_>,

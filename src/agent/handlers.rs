@@ -59,14 +59,7 @@ pub async fn serve_sync(
 /// The loopback credentials endpoint, counting every answer by status.
 pub fn credentials(auth: AuthToken, cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
     Arc::new(move |parts| {
-        let req = endpoint::EndpointRequest {
-            method: &parts.method,
-            path: parts.uri.path(),
-            authorization: parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        };
+        let req = endpoint::EndpointRequest::from_parts(parts);
         let resp = endpoint::respond(req, &auth, &cache, SystemTime::now());
         metrics
             .endpoint_requests

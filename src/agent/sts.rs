@@ -256,6 +256,16 @@ pub async fn exchange(
     // Formats the token's Debug (redacted) on purpose: the tests run at debug level and check
     // that no secret reaches the log through this path.
     tracing::debug!(token = ?token, "read the web identity token");
+    exchange_token(client, req, &token).await
+}
+
+/// The exchange once the token is read: the STS call, its answer mapped to credentials or to
+/// one of our error codes.
+pub async fn exchange_token(
+    client: &aws_sdk_sts::Client,
+    req: &ExchangeRequest,
+    token: &WebIdentityToken,
+) -> Result<Exchanged, ExchangeError> {
     let out = client
         .assume_role_with_web_identity()
         .role_arn(&req.role_arn)

@@ -101,6 +101,12 @@ pub fn read(path: &Path) -> Result<WebIdentityToken, TokenError> {
             limit: MAX_TOKEN_LEN,
         });
     }
+    from_bytes(bytes, path)
+}
+
+/// Checks the file's bytes as [`read`] does once it has them; `path` only names the file in
+/// errors.
+pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<WebIdentityToken, TokenError> {
     let text = String::from_utf8(bytes).map_err(|_| TokenError::NotText(path.to_owned()))?;
     parse(text, path)
 }
