@@ -63,7 +63,7 @@ sdk-matrix:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
-	"$$(scripts/cargo-deny.sh)" deny --log-level error check bans licenses sources
+	deny="$$(scripts/cargo-deny.sh)" && "$$deny" deny --log-level error check bans licenses sources
 
 .PHONY: test
 test: lint k8s-bins k8s-oldest

@@ -44,6 +44,8 @@ async fn every_golden_pod_shape_is_stored_as_its_patch_says_on_the_oldest_api_se
 async fn every_golden_shape(release: Release) {
     let cp = ControlPlane::start_release(release).await.unwrap();
     let client = cp.client().unwrap();
+    let version = client.apiserver_version().await.unwrap().git_version;
+    eprintln!("{release:?} release: kube-apiserver {version}");
     let dir = tempfile::tempdir().unwrap();
     let installed = install_with(&cp, &client, dir.path(), &InstallOptions::default()).await;
 
@@ -58,7 +60,7 @@ async fn every_golden_shape(release: Release) {
     }
     assert!(
         failures.is_empty(),
-        "{release:?}: {} of {} pod shapes were stored differently from their golden patch:\n{}\n\
+        "{release:?} release ({version}): {} of {} pod shapes were stored differently from their golden patch:\n{}\n\
          operator log:\n{}",
         failures.len(),
         cases.len(),
