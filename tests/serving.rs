@@ -625,6 +625,16 @@ fn assert_allowed(uid: &str, status: u16, body: &[u8]) {
     assert_eq!(v["response"]["allowed"], true);
 }
 
+/// Removes the operator's webhook configuration: the control plane is shared by the tests of
+/// this file, and a configuration left behind by a stopped operator (`failurePolicy: Fail`)
+/// would refuse every later test's pods.
+async fn uninstall(client: &Client, installed: &Installed) {
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(&installed.webhook_config, &Default::default())
+        .await
+        .unwrap();
+}
+
 /// A namespace with a binding for service account `app`, where annotated pods are injected.
 async fn team(client: &Client, sts: &StsPeer) -> Api<Pod> {
     let ns = k8s::unique_name("team");
@@ -683,7 +693,7 @@ async fn operator_answers_admissions_while_thousands_of_slow_connections_are_hel
     let (rss_before, _) = memory_mib(pid);
 
     let webhook = addr(installed.webhook_port);
-    let n = flood_size(600, 5);
+    let n = flood_size(900, 5);
     let floods = [
         // Connections that never start a handshake, or trickle one.
         flood(n, webhook, Behaviour::idle()),
@@ -710,7 +720,13 @@ async fn operator_answers_admissions_while_thousands_of_slow_connections_are_hel
         let uid = format!("review-{i}");
         let (answer, took) =
             timed(post_review(&tls, installed.webhook_port, review(&uid, 0))).await;
-        let (status, _, body) = answer.unwrap();
+        let (status, _, body) = match answer {
+            Ok(answer) => answer,
+            Err(err) => panic!(
+                "review {i} failed after {took:?}: {err:#}; the operator's counts:\n{}",
+                closed_counts(installed.metrics_port).await
+            ),
+        };
         assert_allowed(&uid, status, &body);
         reviews.add(took);
         let url = format!("http://127.0.0.1:{}/healthz/ready", installed.metrics_port);
@@ -742,6 +758,21 @@ async fn operator_answers_admissions_while_thousands_of_slow_connections_are_hel
         hwm < OPERATOR_MEMORY_LIMIT_MIB / 2.0,
         "peak RSS {hwm:.1} MiB"
     );
+    uninstall(&client, &installed).await;
+}
+
+/// The server's `credvend_connections_closed_total` lines, to explain a failure.
+async fn closed_counts(metrics_port: u16) -> String {
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    match http::get(&url).await {
+        Ok(page) => page
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("credvend_connections_closed_total"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(err) => format!("(metrics unavailable: {err})"),
+    }
 }
 
 /// Sends a POST head announcing `body` and the first `sent` bytes of it, over TLS; the
@@ -796,12 +827,16 @@ async fn operator_memory_stays_bounded_under_concurrent_large_and_slow_bodies() 
         async move { post_review(&tls, port, large).await }
     }))
     .await;
+    // 200: served; 0: the connection was closed under the sender (its body dropped for
+    // room); 503: no room within the body deadline; 408: this machine did not get the whole
+    // body through TLS within the deadline (60 senders at once).
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for (status, _, _) in answers.into_iter().flatten() {
+    for answer in answers {
+        let status = answer.map_or(0, |(status, _, _)| status);
         *statuses.entry(status).or_default() += 1;
     }
     assert!(
-        statuses.keys().all(|s| [200, 503].contains(s)),
+        statuses.keys().all(|s| [0, 200, 408, 503].contains(s)),
         "{statuses:?}"
     );
     assert!(statuses.contains_key(&200), "none served: {statuses:?}");
@@ -851,6 +886,7 @@ async fn operator_memory_stays_bounded_under_concurrent_large_and_slow_bodies() 
         hwm < OPERATOR_MEMORY_LIMIT_MIB * 0.75,
         "peak RSS {hwm:.1} MiB is near the operator's {OPERATOR_MEMORY_LIMIT_MIB} MiB limit"
     );
+    uninstall(&client, &installed).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -927,6 +963,7 @@ async fn operator_shutdown_stops_being_ready_keeps_answering_then_drains_in_flig
     // Within the chart's grace period (the 2 s delay here, plus 15 s).
     let status = installed.operator.wait_exit(Duration::from_secs(17));
     drop(held);
+    uninstall(&client, &installed).await;
     assert!(
         status.success(),
         "exit {status:?}; log:\n{}",
