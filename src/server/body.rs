@@ -6,8 +6,9 @@
 //! forms take, are bounded by the same count. A sender that stalls in the middle of a body
 //! holds its bytes until its deadline; when the budget runs short, bodies that have been
 //! arriving for longer than `slow_after` are dropped to make room, oldest first, so a few
-//! stalled senders cannot keep everyone else waiting. Memory of bodies stays below twice
-//! the budget (a growing buffer's spare capacity).
+//! stalled senders cannot keep everyone else waiting. A body with a Content-Length is read
+//! into a buffer of exactly that size, so body memory is the budget; a chunked body's
+//! growing buffer may take up to twice what it holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -129,7 +130,13 @@ impl Budget {
         }
         let deadline = Instant::now() + self.limits.timeout;
         let timed_out = || BodyError::TimedOut(self.limits.timeout);
-        let mut buf: Vec<u8> = Vec::new();
+        // With a Content-Length (the API server always sends one) the buffer is allocated
+        // once at its final size: pages become resident only as bytes arrive, and the
+        // buffer never doubles. `declared` is at most `max` here.
+        let mut buf: Vec<u8> = match declared.and_then(|n| usize::try_from(n).ok()) {
+            Some(n) => Vec::with_capacity(n),
+            None => Vec::new(),
+        };
         let mut held = Held {
             pool: self.pool.clone(),
             bytes: 0,

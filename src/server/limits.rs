@@ -12,8 +12,8 @@ use super::table::Phase;
 /// The bounds of one port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections held at once. A new connection beyond it evicts the one that has waited
-    /// longest for its client (see `table`), so the cap never makes a new client wait.
+    /// Connections held at once. A new connection beyond it evicts the oldest connection of
+    /// the busiest peer (see `table`), so the cap never makes a new client wait.
     pub max_connections: usize,
     /// From accept to a finished TLS handshake.
     pub handshake_timeout: Duration,

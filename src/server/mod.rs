@@ -3,8 +3,7 @@
 //!
 //! Anyone who can reach a port can open connections to it, so each port bounds what its
 //! clients can make it hold ([`Limits`], one per port): a cap on connections where a new one
-//! evicts the connection that has waited longest for its client instead of waiting itself
-//! (`table`), a deadline for each phase of a connection — TLS handshake, request head, idle
+//! evicts the oldest connection of the busiest peer instead of waiting itself (`table`), a deadline for each phase of a connection — TLS handshake, request head, idle
 //! keep-alive, request body (`conn`) — and a per-request size and a per-port budget of body
 //! bytes (`body`). Memory is therefore bounded by the limits, not by the clients.
 //!
@@ -116,7 +115,7 @@ pub async fn serve<S, Fut>(
                 if evicted {
                     tracing::debug!(
                         listener = name,
-                        "port full: evicted the longest-waiting connection"
+                        "port full: evicted the oldest connection of the busiest peer"
                     );
                 }
                 break Some(entry);

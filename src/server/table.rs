@@ -1,17 +1,16 @@
 //! The connections of one port, what each is waiting for, and which one goes when the port
 //! is full.
 //!
-//! Every connection is in one [`Phase`] at a time, entered at a known instant. When a new
-//! connection arrives at the cap, one connection is evicted: never one in
-//! [`Phase::Handler`] (then our own code is working, not the client); among the others, one
-//! of the peer address holding the most connections (a flood comes from few addresses, the
-//! kubelet and the API server hold few), and of those the one longest in its current phase
-//! (least recently active). A slow or idle connection ages from the moment its phase began,
-//! whatever it trickles, so an attacker's connections are older than a legitimate client's
-//! fresh one even from the same address. The cap is therefore a bound on memory that never
-//! makes a new client wait.
+//! Every connection is in one [`Phase`] at a time, entered at a known instant (the phase
+//! sets its deadline, see `conn`). When a new connection arrives at the cap, one connection
+//! is evicted: never one in [`Phase::Handler`] (then our own code is working, not the
+//! client); among the others, one of the peer address holding the most connections (a flood
+//! comes from few addresses, the kubelet and the API server hold few), and of those the
+//! oldest. A legitimate client's connection is its peer's newest, so even a flood from its
+//! own address reaches it last. The cap is therefore a bound on memory that never makes a
+//! new client wait.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -113,12 +112,57 @@ impl Slot {
     }
 }
 
+/// The connections of one port, grouped by peer address and ordered by age within each.
+#[derive(Debug, Default)]
+struct Slots {
+    by_peer: HashMap<IpAddr, BTreeMap<u64, Arc<Slot>>>,
+    len: usize,
+}
+
+impl Slots {
+    fn insert(&mut self, slot: Arc<Slot>) {
+        self.by_peer
+            .entry(slot.peer)
+            .or_default()
+            .insert(slot.id, slot);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, peer: IpAddr, id: u64) -> Option<Arc<Slot>> {
+        let of_peer = self.by_peer.get_mut(&peer)?;
+        let slot = of_peer.remove(&id)?;
+        if of_peer.is_empty() {
+            self.by_peer.remove(&peer);
+        }
+        self.len -= 1;
+        Some(slot)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        self.by_peer.values().flat_map(BTreeMap::values)
+    }
+
+    /// The connection to evict: the oldest of the peer holding the most, never one in its
+    /// handler. Costs a look at each peer, not at each connection, so a port under a flood
+    /// of new connections accepts them as fast as it can.
+    fn victim(&self) -> Option<(IpAddr, u64)> {
+        let mut peers: Vec<(&IpAddr, &BTreeMap<u64, Arc<Slot>>)> = self.by_peer.iter().collect();
+        peers.sort_unstable_by_key(|(_, slots)| std::cmp::Reverse(slots.len()));
+        peers.into_iter().find_map(|(peer, slots)| {
+            slots
+                .values()
+                .find(|s| s.phase().0 != Phase::Handler)
+                .map(|s| (*peer, s.id))
+        })
+    }
+}
+
 /// The connections of one port.
 #[derive(Debug)]
 pub struct Table {
     cap: usize,
     next_id: AtomicU64,
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    slots: Mutex<Slots>,
     /// Woken when a slot is freed (the accept loop waits on it only when every connection
     /// is in its handler).
     pub freed: Notify,
@@ -133,35 +177,9 @@ pub struct Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        self.table.lock().remove(&self.slot.id);
+        self.table.lock().remove(self.slot.peer, self.slot.id);
         self.table.freed.notify_one();
     }
-}
-
-/// What eviction knows of a connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Candidate {
-    pub id: u64,
-    pub peer: IpAddr,
-    pub phase: Phase,
-    pub since: Instant,
-}
-
-/// Picks the connection to evict: of the peer with the most connections, the one longest in
-/// its phase; never one in its handler.
-pub fn victim(candidates: &[Candidate]) -> Option<u64> {
-    let mut per_peer: HashMap<IpAddr, usize> = HashMap::new();
-    for c in candidates {
-        *per_peer.entry(c.peer).or_default() += 1;
-    }
-    candidates
-        .iter()
-        .filter(|c| c.phase != Phase::Handler)
-        .min_by_key(|c| {
-            let held = per_peer.get(&c.peer).copied().unwrap_or(0);
-            (std::cmp::Reverse(held), c.since, c.id)
-        })
-        .map(|c| c.id)
 }
 
 impl Table {
@@ -169,49 +187,37 @@ impl Table {
         Arc::new(Table {
             cap: cap.max(1),
             next_id: AtomicU64::new(0),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
             freed: Notify::new(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Connections held now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().len
     }
 
-    /// A place for a new connection starting in `phase`, evicting one if the port is full.
-    /// `None` when full and every connection is in its handler: the caller waits for
-    /// [`Table::freed`].
+    /// A place for a new connection from `peer` starting in `phase`, evicting one if the
+    /// port is full. `None` when full and every connection is in its handler: the caller
+    /// waits for [`Table::freed`].
     pub fn admit(self: &Arc<Self>, peer: IpAddr, phase: Phase) -> Option<(Entry, bool)> {
         let mut slots = self.lock();
         let mut evicted = false;
-        if slots.len() >= self.cap {
-            let candidates: Vec<Candidate> = slots
-                .values()
-                .map(|s| {
-                    let (phase, since) = s.phase();
-                    Candidate {
-                        id: s.id,
-                        peer: s.peer,
-                        phase,
-                        since,
-                    }
-                })
-                .collect();
-            let id = victim(&candidates)?;
-            if let Some(old) = slots.remove(&id) {
+        if slots.len >= self.cap {
+            let (old_peer, id) = slots.victim()?;
+            if let Some(old) = slots.remove(old_peer, id) {
                 old.evicted.notify_one();
                 evicted = true;
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::new(id, peer, phase));
-        slots.insert(id, slot.clone());
+        slots.insert(slot.clone());
         drop(slots);
         Some((
             Entry {
@@ -228,23 +234,23 @@ impl Table {
     pub fn evict_slow_bodies(&self, me: &Slot, need: usize, slow_after: Duration) -> usize {
         let now = Instant::now();
         let mut slots = self.lock();
-        let mut slow: Vec<(Instant, u64, usize)> = slots
-            .values()
+        let mut slow: Vec<(Instant, u64, IpAddr, usize)> = slots
+            .iter()
             .filter(|s| s.id != me.id)
             .filter_map(|s| {
                 let (phase, since) = s.phase();
                 let held = s.held.load(Ordering::Relaxed);
                 (phase == Phase::Body && held > 0 && now.duration_since(since) >= slow_after)
-                    .then_some((since, s.id, held))
+                    .then_some((since, s.id, s.peer, held))
             })
             .collect();
         slow.sort_unstable();
         let (mut freed, mut count) = (0, 0);
-        for (_, id, held) in slow {
+        for (_, id, peer, held) in slow {
             if freed >= need {
                 break;
             }
-            if let Some(old) = slots.remove(&id) {
+            if let Some(old) = slots.remove(peer, id) {
                 old.evicted.notify_one();
                 freed += held;
                 count += 1;
@@ -261,45 +267,22 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
-    fn c(id: u64, peer: IpAddr, phase: Phase, since: Instant) -> Candidate {
-        Candidate {
-            id,
-            peer,
-            phase,
-            since,
-        }
-    }
-
     #[test]
-    fn the_longest_waiting_connection_goes_first_but_never_a_working_handler() {
-        let t0 = Instant::now();
-        let at = |s| t0 + Duration::from_secs(s);
-        assert_eq!(
-            victim(&[
-                c(1, A, Phase::Handler, at(0)),
-                c(2, A, Phase::Idle, at(3)),
-                c(3, A, Phase::Head, at(1)),
-                c(4, A, Phase::Body, at(2)),
-            ]),
-            Some(3)
-        );
-        assert_eq!(victim(&[c(1, A, Phase::Handler, at(0))]), None);
-        assert_eq!(victim(&[]), None);
-    }
-
-    #[test]
-    fn the_peer_holding_the_most_connections_loses_one_first() {
-        let t0 = Instant::now();
-        let at = |s| t0 + Duration::from_secs(s);
-        // B's connection is the oldest, but A holds more.
-        assert_eq!(
-            victim(&[
-                c(1, B, Phase::Idle, at(0)),
-                c(2, A, Phase::Head, at(2)),
-                c(3, A, Phase::Head, at(1)),
-            ]),
-            Some(3)
-        );
+    fn the_oldest_connection_of_the_busiest_peer_goes_first_but_never_a_working_handler() {
+        let table = Table::new(4);
+        let (b_old, _) = table.admit(B, Phase::Idle).unwrap();
+        let (a1, _) = table.admit(A, Phase::Head).unwrap();
+        a1.slot.enter(Phase::Handler);
+        let (a2, _) = table.admit(A, Phase::Head).unwrap();
+        let (a3, _) = table.admit(A, Phase::Idle).unwrap();
+        // Full: A holds the most; its oldest works in its handler, so its next one goes,
+        // although B's connection is older.
+        let (_new, evicted) = table.admit(B, Phase::Head).unwrap();
+        assert!(evicted);
+        let told =
+            |e: &Entry| futures::FutureExt::now_or_never(e.slot.evicted.notified()).is_some();
+        assert!(told(&a2));
+        assert!(!told(&a1) && !told(&a3) && !told(&b_old));
     }
 
     #[test]
