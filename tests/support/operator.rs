@@ -44,6 +44,9 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Proc {
@@ -90,6 +93,18 @@ pub struct Installed {
 /// Deployment's own args (listen addresses moved to loopback) and the chart's service account
 /// identity, so the chart's flags and RBAC are what is tested.
 pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installed {
+    install_with(cp, client, dir, &["--agent-image=credvend:test".to_owned()]).await
+}
+
+/// [`install`] with operator flags of the test's own (`--flag=value` words); each replaces the
+/// chart's flag of that name. The test node uses it for the image it imported
+/// (`--agent-image`, `--agent-image-pull-policy=Never`).
+pub async fn install_with(
+    cp: &ControlPlane,
+    client: &Client,
+    dir: &Path,
+    overrides: &[String],
+) -> Installed {
     let release = k8s::unique_name("rel");
     let release_ns = k8s::unique_name("credvend-system");
     k8s::create_namespace(client, &release_ns).await.unwrap();
@@ -121,8 +136,13 @@ pub async fn install(cp: &ControlPlane, client: &Client, dir: &Path) -> Installe
         .collect();
     args.push("--webhook-extra-san=127.0.0.1".into());
     args.push("--pod-name=operator-0".into());
-    args.push("--agent-image=credvend:test".into());
-    args.retain(|a| !a.starts_with("--agent-image=") || a == "--agent-image=credvend:test");
+    let flag_of = |a: &str| {
+        a.split_once('=')
+            .map_or(a.to_owned(), |(f, _)| f.to_owned())
+    };
+    let replaced: Vec<String> = overrides.iter().map(|o| flag_of(o)).collect();
+    args.retain(|a| !replaced.contains(&flag_of(a)));
+    args.extend(overrides.iter().cloned());
     let webhook_config = chart_args
         .iter()
         .find_map(|a| a.strip_prefix("--webhook-config-name="))
