@@ -6,8 +6,18 @@ SHELL := bash
 
 # Resolved lazily, only by the targets that need them.
 PYTHON = $(shell scripts/venv.sh)
-# Two lines: kube-apiserver, then etcd (see scripts/k8s-bins.sh).
+# Five lines: kube-apiserver, etcd, kubelet, kube-controller-manager, kube-scheduler
+# (see scripts/k8s-bins.sh).
 K8S_BINS = $(shell scripts/k8s-bins.sh)
+# The test node's other parts (tests/support/node.rs): containerd's directory, the sandbox
+# program, the static Go SDK client of the app image. `node-bins` builds them first, so a
+# failure stops make with the script's own message; these lookups then hit the cache.
+NODE_ENV = CREDVEND_KUBELET="$(word 3,$(K8S_BINS))" \
+	CREDVEND_KUBE_CONTROLLER_MANAGER="$(word 4,$(K8S_BINS))" \
+	CREDVEND_KUBE_SCHEDULER="$(word 5,$(K8S_BINS))" \
+	CREDVEND_CONTAINERD_DIR="$(shell scripts/containerd-bin.sh)" \
+	CREDVEND_PAUSE="$(shell scripts/pause-bin.sh)" \
+	CREDVEND_SDK_GO_STATIC="$(shell scripts/sdk-go-static.sh)"
 # The helm CLI the chart tests lint and render with (see scripts/helm-bin.sh).
 HELM = $(shell scripts/helm-bin.sh)
 # CREDVEND_SDK_*=path words for the SDK conformance clients (the Rust one is a cargo example,
@@ -26,6 +36,15 @@ venv:
 .PHONY: k8s-bins
 k8s-bins:
 	@scripts/k8s-bins.sh >/dev/null
+
+# runc and the CNI plugins from apt (skipped when installed), then containerd, the sandbox
+# program and the app image's Go client (cached builds).
+.PHONY: node-bins
+node-bins:
+	@scripts/node-deps.sh
+	@scripts/containerd-bin.sh >/dev/null
+	@scripts/pause-bin.sh >/dev/null
+	@scripts/sdk-go-static.sh >/dev/null
 
 .PHONY: helm-bin
 helm-bin:
@@ -47,17 +66,17 @@ lint:
 	"$$(scripts/cargo-deny.sh)" deny --log-level error check bans licenses sources
 
 .PHONY: test
-test: lint k8s-bins
+test: lint k8s-bins node-bins helm-bin
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
-	CREDVEND_HELM="$(HELM)" \
+	$(NODE_ENV) CREDVEND_HELM="$(HELM)" \
 	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
 
 .PHONY: demo
-demo: k8s-bins helm-bin
+demo: k8s-bins node-bins helm-bin
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
-	CREDVEND_HELM="$(HELM)" cargo test --locked --test demo
+	$(NODE_ENV) CREDVEND_HELM="$(HELM)" cargo test --locked --test demo
 
 # The agent alone: moto, the agent with a token file, and boto3 (no Kubernetes).
 .PHONY: demo-agent
