@@ -119,7 +119,9 @@ async fn helm_install_runs_the_operator_as_pods_that_inject_running_pods_through
     );
 
     // A rollout of the operator while annotated pods are being created: every one is admitted
-    // and injected (two replicas, maxUnavailable 0, PDB; the webhook fails closed).
+    // and injected (two replicas, maxUnavailable 0, PDB; the webhook fails closed). The pods
+    // are dry runs — admission, webhook included, runs in full, but the node is spared a few
+    // dozen pods.
     let started = Instant::now();
     deployments
         .patch(
@@ -194,15 +196,23 @@ async fn helm_install_runs_the_operator_as_pods_that_inject_running_pods_through
             .then_some(())
     })
     .await;
+    // A spec change is observed (status.observedGeneration follows) by the new leader.
+    let counted = bindings
+        .get("s3-reader")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pods;
     bindings
         .patch(
             "s3-reader",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"sessionDuration": "30m"}})),
+            &Patch::Merge(json!({"spec": {"sessionDuration": "45m"}})),
         )
         .await
         .unwrap();
-    wait_binding_ready(&bindings, "s3-reader", 0).await;
+    wait_binding_ready(&bindings, "s3-reader", counted).await;
 
     // helm upgrade with a changed value reaches the pods injected afterwards.
     pods::helm(

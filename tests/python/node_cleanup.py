@@ -16,6 +16,7 @@ Only what this node made is touched. Each step tolerates what an earlier, interr
 already removed.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -181,14 +182,39 @@ def delete_bridge(node):
     )
 
 
-def remove_host_entries(node):
-    # libcni caches results here whatever containerd's flags say; entries start with the
-    # network name, which is the node's own.
+def sandbox_ids(node):
+    """Ids of the pod sandboxes the node's containerd ran (each had a shim and a network)."""
+    ids = set()
+    tasks = os.path.join(node["dir"], "containerd/state/io.containerd.runtime.v2.task/k8s.io")
+    if os.path.isdir(tasks):
+        ids.update(os.listdir(tasks))
     results = "/var/lib/cni/results"
+    prefix = node["network"] + "-"
     if os.path.isdir(results):
         for entry in os.listdir(results):
-            if entry.startswith(node["network"] + "-"):
-                os.remove(os.path.join(results, entry))
+            if entry.startswith(prefix) and entry.endswith("-eth0"):
+                ids.add(entry[len(prefix) : -len("-eth0")])
+    return ids
+
+
+def remove_host_entries(node, ids):
+    """The node's own entries in host paths that components write whatever their flags say."""
+    # libcni caches results here: "<network>-<sandbox>-eth0" and "cni-loopback-<sandbox>-lo".
+    for sandbox in ids:
+        for entry in (f"{node['network']}-{sandbox}-eth0", f"cni-loopback-{sandbox}-lo"):
+            try:
+                os.remove(os.path.join("/var/lib/cni/results", entry))
+            except OSError:
+                pass
+        # A shim's socket, named by the hash of containerd's address, namespace and id; left
+        # behind when the shim was killed.
+        for suffix in ("", "/debug"):
+            path = f"{node['containerd_socket']}/k8s.io/{sandbox}{suffix}"
+            digest = hashlib.sha256(path.encode()).hexdigest()
+            try:
+                os.remove(os.path.join("/run/containerd/s", digest))
+            except OSError:
+                pass
     # The kubelet links container logs here; ours point into the node's log directory.
     links = "/var/log/containers"
     if os.path.isdir(links):
@@ -207,13 +233,14 @@ def main():
         shutil.rmtree(directory, ignore_errors=True)
         return
     delete_pods(node)
+    ids = sandbox_ids(node)
     kill_pid_files(node)
     kill_containerd_and_shims(node)
     kill_cgroup_processes(node)
     remove_cgroups(node)
     unmount_all(node)
     delete_bridge(node)
-    remove_host_entries(node)
+    remove_host_entries(node, ids)
     shutil.rmtree(directory, ignore_errors=True)
 
 

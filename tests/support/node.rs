@@ -114,6 +114,10 @@ impl Slot {
     fn claim() -> anyhow::Result<Slot> {
         let mut claimed = None;
         for n in 0..SLOTS {
+            // Past the claimed slot only leftovers matter.
+            if claimed.is_some() && !Self::dir(n).exists() {
+                continue;
+            }
             let lock_path = PathBuf::from(format!("/tmp/credvend-node-{n}.lock"));
             let lock = File::options()
                 .create(true)

@@ -88,10 +88,16 @@ pub fn build_command(steps: &[String]) -> String {
         .to_owned()
 }
 
-/// The release binary, built on first use in this process.
+/// The release binary, built on first use in this process; `CREDVEND_RELEASE_BINARY` names
+/// one built elsewhere instead (a CI job that already ran the Dockerfile's build).
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build().unwrap_or_else(|e| panic!("the release build failed: {e:#}")))
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CREDVEND_RELEASE_BINARY").filter(|p| !p.is_empty()) {
+            return PathBuf::from(path);
+        }
+        build().unwrap_or_else(|e| panic!("the release build failed: {e:#}"))
+    })
 }
 
 fn build() -> anyhow::Result<PathBuf> {
