@@ -10,7 +10,9 @@ named in DIR/node.json, written before any of it was made, so a half-started nod
    started for its socket, then containerd, then every process left in its cgroup root;
 3. its cgroup root in every hierarchy, every mount under DIR (the kubelet's volumes, the
    network namespaces, the container root filesystems), its bridge, its own entries in the few
-   host paths that components write whatever their flags say, and DIR itself.
+   host paths that components write whatever their flags say;
+4. its control plane's etcd and kube-apiserver if they still run (their reaper died too) and
+   their directory, and DIR itself.
 
 Only what this node made is touched. Each step tolerates what an earlier, interrupted cleanup
 already removed.
@@ -224,8 +226,20 @@ def remove_host_entries(node, ids):
                 os.remove(path)
 
 
+def stop_control_plane(node):
+    """etcd and kube-apiserver of the node's control plane, when their reaper died with the
+    test, and their directory."""
+    directory = node.get("control_plane_dir")
+    if not directory:
+        return
+    kill_and_wait([p for p in processes() if any(directory.encode() in a for a in cmdline(p))])
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def main():
     directory = sys.argv[1]
+    # The test's own teardown stops its control plane itself, after this.
+    keep_control_plane = "--keep-control-plane" in sys.argv[2:]
     try:
         with open(os.path.join(directory, "node.json")) as f:
             node = json.load(f)
@@ -241,6 +255,8 @@ def main():
     unmount_all(node)
     delete_bridge(node)
     remove_host_entries(node, ids)
+    if not keep_control_plane:
+        stop_control_plane(node)
     shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -138,7 +138,7 @@ impl Slot {
                     "cleaning up test node {} left by an earlier run",
                     Self::dir(n).display()
                 );
-                cleanup(&Self::dir(n))?;
+                cleanup(&Self::dir(n), false)?;
             }
             if claimed.is_none() {
                 claimed = Some(Slot { n, lock });
@@ -148,11 +148,13 @@ impl Slot {
     }
 }
 
-/// Runs the cleanup script on a node directory and waits for it.
-fn cleanup(dir: &Path) -> anyhow::Result<()> {
+/// Runs the cleanup script on a node directory and waits for it; with `keep_control_plane`
+/// the caller stops the node's control plane itself.
+fn cleanup(dir: &Path, keep_control_plane: bool) -> anyhow::Result<()> {
     let status = Command::new(python())
         .arg(repo_path("tests/python/node_cleanup.py"))
         .arg(dir)
+        .args(keep_control_plane.then_some("--keep-control-plane"))
         .stdin(Stdio::null())
         .status()
         .context("running tests/python/node_cleanup.py")?;
@@ -307,6 +309,7 @@ impl Node {
         .await?;
         let cp_dir = cp.dir().to_owned();
         inventory["api"] = cp.url().into();
+        inventory["control_plane_dir"] = cp_dir.display().to_string().into();
         inventory["ca"] = cp_dir.join("ca.crt").display().to_string().into();
         inventory["admin_cert"] = cp_dir.join("admin.crt").display().to_string().into();
         inventory["admin_key"] = cp_dir.join("admin.key").display().to_string().into();
@@ -561,7 +564,7 @@ impl Node {
         if self.cp.is_none() {
             return Ok(());
         }
-        let result = cleanup(&self.dir);
+        let result = cleanup(&self.dir, true);
         for (_, child) in &mut self.processes.list {
             let _ = child.kill();
             let _ = child.wait();
