@@ -226,13 +226,33 @@ def remove_host_entries(node, ids):
                 os.remove(path)
 
 
+def ancestors():
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 def stop_control_plane(node):
     """etcd and kube-apiserver of the node's control plane, when their reaper died with the
     test, and their directory."""
     directory = node.get("control_plane_dir")
     if not directory:
         return
-    kill_and_wait([p for p in processes() if any(directory.encode() in a for a in cmdline(p))])
+    # Not this script's own ancestors: the reaper that runs it names the directory too.
+    ours = ancestors()
+    kill_and_wait(
+        [
+            p
+            for p in processes()
+            if p not in ours and any(directory.encode() in a for a in cmdline(p))
+        ]
+    )
     shutil.rmtree(directory, ignore_errors=True)
 
 
