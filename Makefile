@@ -15,6 +15,15 @@ PYTHON = $(call installed,scripts/venv.sh)
 K8S_BINS = $(call installed,scripts/k8s-bins.sh)
 # The oldest supported release (README "Compatibility"): kube-apiserver, then etcd.
 K8S_OLDEST = $(call installed,scripts/k8s-bins.sh tests/k8s-oldest)
+# The test node's other parts (tests/support/node.rs): containerd's directory, the sandbox
+# program, the static Go SDK client of the app image. `node-bins` builds them first, so a
+# failure stops make with the script's own message; these lookups then hit the cache.
+NODE_ENV = CREDVEND_KUBELET="$(word 3,$(K8S_BINS))" \
+	CREDVEND_KUBE_CONTROLLER_MANAGER="$(word 4,$(K8S_BINS))" \
+	CREDVEND_KUBE_SCHEDULER="$(word 5,$(K8S_BINS))" \
+	CREDVEND_CONTAINERD_DIR="$(call installed,scripts/containerd-bin.sh)" \
+	CREDVEND_PAUSE="$(call installed,scripts/pause-bin.sh)" \
+	CREDVEND_SDK_GO_STATIC="$(call installed,scripts/sdk-go-static.sh)"
 # The helm CLI the chart tests lint and render with (see scripts/helm-bin.sh).
 HELM = $(call installed,scripts/helm-bin.sh)
 # The cert-manager and Prometheus Operator CRDs the chart tests apply (scripts/chart-crds.sh).
@@ -42,6 +51,15 @@ k8s-bins:
 k8s-oldest:
 	@scripts/k8s-bins.sh tests/k8s-oldest >/dev/null
 
+# runc and the CNI plugins from apt (skipped when installed), then containerd, the sandbox
+# program and the app image's Go client (cached builds).
+.PHONY: node-bins
+node-bins:
+	@scripts/node-deps.sh
+	@scripts/containerd-bin.sh >/dev/null
+	@scripts/pause-bin.sh >/dev/null
+	@scripts/sdk-go-static.sh >/dev/null
+
 .PHONY: helm-bin
 helm-bin:
 	@scripts/helm-bin.sh >/dev/null
@@ -66,18 +84,18 @@ lint:
 	deny="$$(scripts/cargo-deny.sh)" && "$$deny" deny --log-level error check bans licenses sources
 
 .PHONY: test
-test: lint k8s-bins k8s-oldest
+test: lint k8s-bins k8s-oldest node-bins helm-bin
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
 	CREDVEND_KUBE_APISERVER_OLDEST="$(word 1,$(K8S_OLDEST))" CREDVEND_ETCD_OLDEST="$(word 2,$(K8S_OLDEST))" \
-	CREDVEND_HELM="$(HELM)" CREDVEND_CHART_CRDS="$(CHART_CRDS)" CREDVEND_PROMTOOL="$(PROMTOOL)" \
+	$(NODE_ENV) CREDVEND_HELM="$(HELM)" CREDVEND_CHART_CRDS="$(CHART_CRDS)" CREDVEND_PROMTOOL="$(PROMTOOL)" \
 	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
 
 .PHONY: demo
-demo: k8s-bins helm-bin
+demo: k8s-bins node-bins helm-bin
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
-	CREDVEND_HELM="$(HELM)" cargo test --locked --test demo
+	$(NODE_ENV) CREDVEND_HELM="$(HELM)" cargo test --locked --test demo
 
 # The agent alone: moto, the agent with a token file, and boto3 (no Kubernetes).
 .PHONY: demo-agent

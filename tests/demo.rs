@@ -1,28 +1,34 @@
-//! `make demo`: credvend end to end on this machine, narrated.
+//! `make demo`: credvend end to end on this machine, narrated, on running pods.
 //!
-//! A local control plane (kube-apiserver + etcd), moto as STS, the chart's rendered manifests,
-//! the operator, a binding, an annotated pod, the injected agent run exactly as injected with a
-//! real TokenRequest token, and boto3 getting the binding's role. It is also a test: any failed
-//! step exits non-zero. (A plain `main`, so its output is shown as it happens.)
+//! A local cluster with a real node (kube-apiserver, etcd, containerd, kubelet,
+//! controller-manager and scheduler; see tests/support/node.rs), the credvend image built from
+//! the release binary, moto as STS, `helm install` of the chart, a binding, an annotated
+//! Deployment whose app container holds the Go AWS SDK, that SDK's call from inside the pod,
+//! the agent's metrics and the binding's status. It is also a test: any failed step exits
+//! non-zero. (A plain `main`, so its output is shown as it happens.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 
 use credvend::crd::AWSRoleBinding;
-use support::http;
-use support::k8s::{self, ControlPlane};
-use support::operator::{
-    binding_yaml, create_annotated_pod, env_of, install, run_injected_agent, wait_binding_ready,
-};
-use support::sts::StsPeer;
+use support::http::{self, eventually};
+use support::k8s;
+use support::node::Node;
+use support::operator::{binding_yaml, env_of, wait_binding_ready};
+use support::pods::{self, container_status, exec_in, sdk_container};
+
+const STEPS: u32 = 9;
 
 fn step(n: u32, text: &str) {
-    println!("\n\x1b[1m[{n}/9] {text}\x1b[0m");
+    println!("\n\x1b[1m[{n}/{STEPS}] {text}\x1b[0m");
 }
 
 fn main() {
@@ -38,35 +44,101 @@ fn main() {
 }
 
 async fn demo() {
+    let begun = Instant::now();
     step(
         1,
-        "Starting a local Kubernetes control plane (kube-apiserver and etcd on 127.0.0.1)",
+        "Starting a local cluster with one node (API server, etcd, containerd, kubelet, controller-manager, scheduler)",
     );
-    let cp = ControlPlane::start().await.expect("control plane");
+    let node = Node::start().await.expect("the node starts");
     println!(
-        "    API server {} (ready in {:.1?})",
-        cp.url(),
-        cp.startup_time()
+        "    node {} Ready in {:.1?}; API server {} on the node's bridge",
+        node.name(),
+        node.startup_time(),
+        node.control_plane().url()
     );
-    let client = cp.client().unwrap();
+    let client = node.client().unwrap();
 
-    step(2, "Starting STS (moto) on 127.0.0.1");
-    let sts = StsPeer::start();
-    println!("    STS endpoint {}", sts.endpoint());
+    step(
+        2,
+        "Importing the images: credvend (release binary, laid out as the Dockerfile does) and an app with the Go AWS SDK",
+    );
+    let started = Instant::now();
+    pods::import_images(&node).expect("images import");
+    println!(
+        "    {} and {} imported in {:.1?} (no registry: pods use imagePullPolicy Never)",
+        support::image::CREDVEND_IMAGE,
+        support::image::SDK_GO_IMAGE,
+        started.elapsed()
+    );
 
     step(
         3,
-        "Installing the chart's manifests and starting the operator as the chart's service account",
+        "Starting STS (moto), served to pods over https on the node's bridge",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let installed = install(&cp, &client, dir.path(), sts.endpoint()).await;
-    println!(
-        "    operator ready; webhook configuration {} has its caBundle",
-        installed.webhook_config
-    );
+    let sts = pods::start_sts(&node).unwrap();
+    println!("    STS endpoint for pods {}", sts.pod_endpoint());
 
     step(
         4,
+        "helm install credvend (the operator runs as two pods of its Deployment)",
+    );
+    let values = pods::node_values(&node, sts.pod_endpoint());
+    println!(
+        "    values on top of the chart's defaults:\n{}",
+        indent(&values)
+    );
+    let out = pods::helm(
+        &node,
+        "install",
+        "credvend",
+        "credvend-system",
+        &values,
+        &[],
+    )
+    .unwrap();
+    println!(
+        "{}",
+        indent(out.lines().take(6).collect::<Vec<_>>().join("\n").as_str())
+    );
+    let operators: Api<Pod> = Api::namespaced(client.clone(), "credvend-system");
+    for pod in operators.list(&ListParams::default()).await.unwrap() {
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        println!(
+            "    pod {} {phase} at {ip}",
+            pod.metadata.name.unwrap_or_default()
+        );
+    }
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    eventually(
+        "the webhook's caBundle",
+        Duration::from_secs(120),
+        || async {
+            let mwc = mwcs.get("credvend").await.ok()?;
+            mwc.webhooks?
+                .iter()
+                .all(|h| {
+                    h.client_config
+                        .ca_bundle
+                        .as_ref()
+                        .is_some_and(|b| !b.0.is_empty())
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    println!("    webhook configuration credvend has the operator's own CA");
+
+    step(
+        5,
         "Creating namespace team-a, service account app and an AWSRoleBinding",
     );
     k8s::create_namespace(&client, "team-a").await.unwrap();
@@ -74,7 +146,7 @@ async fn demo() {
         .await
         .unwrap();
     let bindings: Api<AWSRoleBinding> = Api::namespaced(client.clone(), "team-a");
-    let binding = binding_yaml("s3-reader", "team-a", "app", sts.endpoint());
+    let binding = binding_yaml("s3-reader", "team-a", "app", sts.pod_endpoint());
     bindings
         .create(&PostParams::default(), &binding)
         .await
@@ -84,78 +156,89 @@ async fn demo() {
         indent(&serde_saphyr::to_string(&binding.spec).unwrap())
     );
 
-    step(5, "Creating a pod annotated credvend.io/inject: \"true\"");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
-    let stored = create_annotated_pod(&pods, "web-0", "app").await;
-    let spec = stored.spec.as_ref().unwrap();
+    step(
+        6,
+        "Creating a Deployment of two pods annotated credvend.io/inject: \"true\"",
+    );
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": {"credvend.io/inject": "true"}},
+                "spec": {
+                    "serviceAccountName": "app",
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [sdk_container(sts.pod_endpoint(), 1_000_000, 5000)],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "team-a");
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    pods::wait_webhook(&pods_api, "app").await;
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    eventually("two ready pods", Duration::from_secs(180), || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.ready_replicas? == 2).then_some(())
+    })
+    .await;
+    let pod = pods_api
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let name = pod.metadata.name.clone().unwrap();
+    let spec = pod.spec.as_ref().unwrap();
     let agent = &spec.init_containers.as_ref().unwrap()[0];
     println!(
-        "    injected init container {} (restartPolicy {}):",
+        "    pod {name}: init container {} (restartPolicy {}: a native sidecar) started first",
         agent.name,
         agent.restart_policy.as_deref().unwrap_or("")
     );
-    println!(
-        "      args: {}",
-        agent.args.clone().unwrap_or_default().join(" ")
-    );
-    println!("    app container env:");
+    println!("    app container env (injected):");
     for (k, v) in env_of(&spec.containers[0]) {
         println!("      {k}={v}");
     }
-    let volumes: Vec<String> = spec
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| v.name.clone())
-        .collect();
-    println!("    volumes: {}", volumes.join(", "));
-    println!(
-        "    label credvend.io/binding={}",
-        stored.labels()["credvend.io/binding"]
-    );
-
-    step(
-        6,
-        "Running the agent exactly as injected, with a real TokenRequest token",
-    );
-    let running = run_injected_agent(&client, &stored, "team-a", dir.path()).await;
-    println!(
-        "    agent ready (token for system:serviceaccount:team-a:app, audience sts.amazonaws.com)"
-    );
 
     step(
         7,
-        "The app calls STS GetCallerIdentity with boto3 and only the injected env",
+        "The app's Go SDK, inside the pod, calls STS GetCallerIdentity with only that env",
     );
-    let out = running
-        .app_command(
-            &spec.containers[0],
-            sts.endpoint(),
-            "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])",
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3 failed: {}\nagent log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        running.proc.log()
-    );
-    let arn = String::from_utf8(out.stdout).unwrap();
-    println!("    {}", arn.trim());
+    let app = container_status(&pod, "app").unwrap();
+    // The app container's own process calls every few seconds; this is one more call, made
+    // exactly as the app makes them (its namespaces, user and environment).
+    let out = exec_in(
+        &node,
+        &app,
+        &["/usr/local/bin/sdk-client-go"],
+        &[("CREDVEND_SDK_CALLS", "1"), ("CREDVEND_SDK_SLEEP_MS", "0")],
+    )
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    println!("    {}", report["arn"].as_str().unwrap_or_default());
     assert_eq!(
-        arn.trim(),
-        "arn:aws:sts::111122223333:assumed-role/s3-reader/team-a.web-0"
+        report["arn"],
+        format!("arn:aws:sts::111122223333:assumed-role/s3-reader/team-a.{name}")
     );
 
-    step(8, "The agent's metrics");
-    let page = http::get(&format!(
-        "http://127.0.0.1:{}/metrics",
-        running.metrics_port
-    ))
-    .await
-    .unwrap()
-    .text();
+    step(
+        8,
+        "The agent's metrics (scraped from the pod's IP, as Prometheus would)",
+    );
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+    let page = http::get(&format!("http://{ip}:9912/metrics"))
+        .await
+        .unwrap()
+        .text();
     let shown: Vec<&str> = page
         .lines()
         .filter(|l| {
@@ -172,17 +255,22 @@ async fn demo() {
     );
     println!("{}", indent(&shown.join("\n")));
 
-    step(9, "The binding's status");
-    let status = wait_binding_ready(&bindings, "s3-reader", 1).await;
+    step(
+        9,
+        "The binding's status, written by the operator's elected leader",
+    );
+    let status = wait_binding_ready(&bindings, "s3-reader", 2).await;
     for c in &status.conditions {
         println!("    {}={} ({}): {}", c.type_, c.status, c.reason, c.message);
     }
     println!("    pods: {}", status.pods);
-    println!("\nCleaning up (agent, operator, STS, control plane).");
-    drop(running);
-    drop(installed);
+    println!(
+        "\nCleaning up (helm uninstall, pods, node, STS, control plane) after {:.0?}.",
+        begun.elapsed()
+    );
+    pods::helm(&node, "uninstall", "credvend", "credvend-system", "", &[]).unwrap();
     drop(sts);
-    cp.shutdown().unwrap();
+    node.shutdown().unwrap();
 }
 
 fn indent(text: &str) -> String {

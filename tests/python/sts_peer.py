@@ -16,7 +16,10 @@ agent *sent*. This wraps moto's WSGI app:
 - POST /__credvend/delay?seconds=N holds every STS answer back for N seconds (0: no delay), and
   GET /__credvend/in_flight says how many requests are being held.
 
-It listens on 127.0.0.1 only and prints "listening http://127.0.0.1:PORT" once ready.
+It listens on 127.0.0.1 and prints "listening http://127.0.0.1:PORT" once ready. With
+--tls-host ADDR --tls-cert FILE --tls-key FILE it also serves the same app over https on
+ADDR (a test bridge's address, where pods reach it: bindings allow plain http only to loopback)
+and then prints a second line, "tls https://ADDR:PORT".
 """
 
 import argparse
@@ -140,10 +143,20 @@ class Peer:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-host")
+    parser.add_argument("--tls-port", type=int, default=0)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     app = Peer(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", args.port, app, threaded=True)
     print(f"listening http://127.0.0.1:{server.server_port}", flush=True)
+    if args.tls_host:
+        tls = make_server(
+            args.tls_host, args.tls_port, app, threaded=True, ssl_context=(args.tls_cert, args.tls_key)
+        )
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
+        print(f"tls https://{args.tls_host}:{tls.server_port}", flush=True)
     server.serve_forever()
 
 

@@ -57,9 +57,10 @@ static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
 static OLDEST_BINARIES: OnceCell<Binaries> = OnceCell::const_new();
 
 /// Which end of the supported Kubernetes range a control plane runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Release {
     /// tests/k8s: what every test runs.
+    #[default]
     Newest,
     /// tests/k8s-oldest: the oldest release the README claims, for the admission end-to-end.
     Oldest,
@@ -107,32 +108,66 @@ pub struct ControlPlane {
     url: String,
     issuer: String,
     ca_pem: String,
+    pki: Pki,
     startup: Duration,
+}
+
+/// How a control plane differs from the admission-only default. [`ControlPlane::start`] uses
+/// `Options::default()`: loopback only, RBAC only, no kubelet to talk to.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The address kube-apiserver listens on and advertises instead of 127.0.0.1 (which must
+    /// be a local address, e.g. a test bridge's), so that pods can reach it; the serving
+    /// certificate names it.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Makes the API server ready for a real node: the Node authorizer and NodeRestriction
+    /// (a kubelet with a `system:node:<name>` identity), endpoint IPs for webhooks and
+    /// aggregated APIs (there is no kube-proxy), the kubelet's InternalIP for logs and exec,
+    /// and a client certificate the kubelets trust.
+    pub for_node: bool,
+    /// A command the reaper runs (with `sh -c`) before it kills etcd and kube-apiserver, while
+    /// the API server still answers: how a node deletes its pods even after a `kill -9` of
+    /// the test.
+    pub before_reap: Option<String>,
+    /// Which end of the supported range runs.
+    pub release: Release,
 }
 
 impl ControlPlane {
     /// Starts a private control plane and waits until kube-apiserver reports ready.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_release(Release::Newest).await
+        Self::start_with(Options::default()).await
     }
 
     /// [`ControlPlane::start`] with the binaries of `release`.
     pub async fn start_release(release: Release) -> anyhow::Result<Self> {
-        let bins = binaries(release).await?;
+        Self::start_with(Options {
+            release,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Starts a private control plane shaped by `options`.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
+        let bins = binaries(options.release).await?;
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("credvend-k8s-")
             .tempdir()
             .context("creating the control plane's temporary directory")?;
         let root = dir.path().to_owned();
-        let mut processes = Processes::new(dir)?;
+        let mut processes = Processes::new(dir, options.before_reap.as_deref())?;
 
         let [etcd_client, etcd_peer, apiserver_port] = free_ports()?;
-        let url = format!("https://127.0.0.1:{apiserver_port}");
+        let address = options
+            .address
+            .map_or_else(|| "127.0.0.1".to_owned(), |a| a.to_string());
+        let url = format!("https://{address}:{apiserver_port}");
         // The issuer is the API server's own URL, so its OIDC discovery document
         // ({issuer}/.well-known/openid-configuration) is really served where `iss` points.
         let issuer = url.clone();
-        let pki = Pki::generate()?;
+        let pki = Pki::generate(std::slice::from_ref(&address))?;
         let files = pki.write(&root)?;
 
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
@@ -152,11 +187,36 @@ impl ControlPlane {
                 "--log-level=warn".to_owned(),
             ]),
         )?;
+        let mut node_args = Vec::new();
+        if options.for_node {
+            node_args.extend([
+                "--authorization-mode=Node,RBAC".to_owned(),
+                "--enable-admission-plugins=NodeRestriction".to_owned(),
+                // Without it, logs and exec look the node's name up in DNS.
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                // No kube-proxy programs ClusterIPs: dial the Service's endpoint IPs instead.
+                "--enable-aggregator-routing=true".to_owned(),
+                format!(
+                    "--kubelet-certificate-authority={}",
+                    files.ca_cert.display()
+                ),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    files.kubelet_client_cert.display()
+                ),
+                format!(
+                    "--kubelet-client-key={}",
+                    files.kubelet_client_key.display()
+                ),
+            ]);
+        } else {
+            node_args.push("--authorization-mode=RBAC".to_owned());
+        }
         processes.spawn(
             "kube-apiserver",
-            Command::new(&bins.apiserver).args([
-                "--bind-address=127.0.0.1".to_owned(),
-                "--advertise-address=127.0.0.1".to_owned(),
+            Command::new(&bins.apiserver).args(node_args).args([
+                format!("--bind-address={address}"),
+                format!("--advertise-address={address}"),
                 // The reconciler publishes the advertise address as the `kubernetes` service's
                 // endpoint for in-cluster clients and refuses loopback; nothing runs in-cluster.
                 "--endpoint-reconciler-type=none".to_owned(),
@@ -166,7 +226,6 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", files.serving_cert.display()),
                 format!("--tls-private-key-file={}", files.serving_key.display()),
                 format!("--client-ca-file={}", files.ca_cert.display()),
-                "--authorization-mode=RBAC".to_owned(),
                 format!("--service-account-issuer={issuer}"),
                 format!("--api-audiences={issuer}"),
                 format!("--service-account-key-file={}", files.sa_public.display()),
@@ -195,7 +254,8 @@ impl ControlPlane {
             kubeconfig,
             url,
             issuer,
-            ca_pem: pki.ca_pem,
+            ca_pem: pki.ca_pem.clone(),
+            pki,
             startup: Duration::ZERO,
         };
         cp.startup = cp.wait_ready(started).await?;
@@ -263,6 +323,30 @@ impl ControlPlane {
         &self.ca_pem
     }
 
+    /// A certificate and key (PEM) signed by this control plane's CA: a client certificate
+    /// for `common_name` in the groups `organizations` (how the API server names the user),
+    /// or, with `server_names`, a serving certificate for those DNS names and IPs.
+    pub fn issue_certificate(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        server_names: &[String],
+    ) -> anyhow::Result<(String, String)> {
+        self.pki.issue(common_name, organizations, server_names)
+    }
+
+    /// A kubeconfig file for a client certificate from [`issue_certificate`], written to
+    /// `path`, so that a component (kubelet, controller-manager) runs with its own identity.
+    pub fn write_kubeconfig(
+        &self,
+        path: &Path,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
+        fs::write(path, kubeconfig(&self.url, &self.ca_pem, cert_pem, key_pem))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     /// How long the start took, from spawning etcd to a ready kube-apiserver.
     pub fn startup_time(&self) -> Duration {
         self.startup
@@ -282,6 +366,13 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Has the reaper kill `pid` too when the test process exits (for processes a test binary
+    /// shares between its tests, such as an operator next to the shared control plane). The
+    /// reaper's `before_reap` command runs first.
+    pub fn reap_at_exit(&self, pid: u32) -> anyhow::Result<()> {
+        self.processes.reap_at_exit(pid)
+    }
+
     /// Stops both processes and removes the directory, reporting what could not be cleaned up.
     /// Dropping does the same but can only print such errors.
     pub fn shutdown(mut self) -> anyhow::Result<()> {
@@ -291,7 +382,8 @@ impl ControlPlane {
 
 /// Creates a namespace and, standing in for the controller-manager's service-account
 /// controller, its `default` service account, so pods without `serviceAccountName` pass the
-/// ServiceAccount admission plugin.
+/// ServiceAccount admission plugin (one that already exists, made by a running
+/// controller-manager, is fine).
 pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<Namespace> {
     let namespace = Api::<Namespace>::all(client.clone())
         .create(
@@ -306,7 +398,26 @@ pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<Nam
         )
         .await
         .with_context(|| format!("creating namespace {name}"))?;
-    create_service_account(client, name, "default").await?;
+    // Where a controller-manager runs, its service-account controller may have been first.
+    match Api::<ServiceAccount>::namespaced(client.clone(), name)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("default".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..ServiceAccount::default()
+            },
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("creating service account {name}/default"));
+        }
+    }
     Ok(namespace)
 }
 
@@ -464,8 +575,10 @@ fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     Ok(ports)
 }
 
-/// The certificates and keys of one control plane, all made in memory for this run.
+/// The certificates and keys of one control plane, all made in memory for this run. The CA
+/// stays available, so node components get identities of their own from it.
 struct Pki {
+    ca: Issuer<'static, KeyPair>,
     ca_pem: String,
     serving_cert_pem: String,
     serving_key_pem: String,
@@ -481,10 +594,14 @@ struct PkiFiles {
     serving_key: PathBuf,
     sa_private: PathBuf,
     sa_public: PathBuf,
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
 }
 
 impl Pki {
-    fn generate() -> anyhow::Result<Self> {
+    /// `addresses` are the API server's own, named in its serving certificate next to the
+    /// in-cluster names.
+    fn generate(addresses: &[String]) -> anyhow::Result<Self> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params
@@ -500,34 +617,28 @@ impl Pki {
         let ca = Issuer::new(ca_params, ca_key);
 
         // Every name a client inside or outside the (imaginary) cluster could use.
-        let serving_key = KeyPair::generate()?;
-        let mut serving = CertificateParams::new(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            SERVICE_IP.to_owned(),
-            "kubernetes".to_owned(),
-            "kubernetes.default".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-            "kubernetes.default.svc.cluster.local".to_owned(),
-        ])?;
-        serving
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let serving_cert = serving.signed_by(&serving_key, &ca)?;
+        let mut names: Vec<String> = [
+            "127.0.0.1",
+            "localhost",
+            SERVICE_IP,
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for address in addresses {
+            if !names.contains(address) {
+                names.push(address.clone());
+            }
+        }
+        let (serving_cert_pem, serving_key_pem) = issue(&ca, "kube-apiserver", &[], &names)?;
 
         // The API server maps a client certificate's CN to the user and each O to a group;
         // system:masters bypasses authorization, as the admin kubeconfig of a real cluster does.
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin
-            .distinguished_name
-            .push(DnType::CommonName, "credvend-test-admin");
-        admin
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:masters");
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &ca)?;
+        let (admin_cert_pem, admin_key_pem) =
+            issue(&ca, "credvend-test-admin", &["system:masters"], &[])?;
 
         // ECDSA P-256, so tokens are signed ES256 (kube-apiserver picks the JWT algorithm from
         // the key type).
@@ -535,13 +646,23 @@ impl Pki {
 
         Ok(Pki {
             ca_pem: ca_cert.pem(),
-            serving_cert_pem: serving_cert.pem(),
-            serving_key_pem: serving_key.serialize_pem(),
-            admin_cert_pem: admin_cert.pem(),
-            admin_key_pem: admin_key.serialize_pem(),
+            ca,
+            serving_cert_pem,
+            serving_key_pem,
+            admin_cert_pem,
+            admin_key_pem,
             sa_private_pem: sa_key.serialize_pem(),
             sa_public_pem: sa_key.public_key_pem(),
         })
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        server_names: &[String],
+    ) -> anyhow::Result<(String, String)> {
+        issue(&self.ca, common_name, organizations, server_names)
     }
 
     fn write(&self, dir: &Path) -> anyhow::Result<PkiFiles> {
@@ -550,22 +671,65 @@ impl Pki {
             fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
             Ok(path)
         };
+        // What the API server shows the kubelet when it fetches logs or runs exec; the
+        // kubelet authorizes it by asking the API server, which lets system:masters do anything.
+        let (kubelet_client_cert, kubelet_client_key) =
+            self.issue("kube-apiserver-kubelet-client", &["system:masters"], &[])?;
+        // The admin identity as files too, for tools that take a certificate and key (the
+        // node's cleanup deletes pods with them).
+        write("admin.crt", &self.admin_cert_pem)?;
+        write("admin.key", &self.admin_key_pem)?;
         Ok(PkiFiles {
             ca_cert: write("ca.crt", &self.ca_pem)?,
             serving_cert: write("apiserver.crt", &self.serving_cert_pem)?,
             serving_key: write("apiserver.key", &self.serving_key_pem)?,
             sa_private: write("sa.key", &self.sa_private_pem)?,
             sa_public: write("sa.pub", &self.sa_public_pem)?,
+            kubelet_client_cert: write("apiserver-kubelet-client.crt", &kubelet_client_cert)?,
+            kubelet_client_key: write("apiserver-kubelet-client.key", &kubelet_client_key)?,
         })
     }
 
     /// A self-contained kubeconfig (certificates inline) for the admin identity.
     fn kubeconfig(&self, url: &str) -> String {
-        let ca = BASE64.encode(&self.ca_pem);
-        let cert = BASE64.encode(&self.admin_cert_pem);
-        let key = BASE64.encode(&self.admin_key_pem);
-        format!(
-            "apiVersion: v1
+        kubeconfig(url, &self.ca_pem, &self.admin_cert_pem, &self.admin_key_pem)
+    }
+}
+
+/// A certificate signed by `ca`: a serving certificate when `server_names` is not empty,
+/// else a client certificate for `common_name` in the groups `organizations`.
+fn issue(
+    ca: &Issuer<'static, KeyPair>,
+    common_name: &str,
+    organizations: &[&str],
+    server_names: &[String],
+) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(server_names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    for organization in organizations {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, *organization);
+    }
+    params.extended_key_usages = if server_names.is_empty() {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ServerAuth]
+    };
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A self-contained kubeconfig (certificates inline) for one client certificate.
+fn kubeconfig(url: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    let ca = BASE64.encode(ca_pem);
+    let cert = BASE64.encode(cert_pem);
+    let key = BASE64.encode(key_pem);
+    format!(
+        "apiVersion: v1
 kind: Config
 clusters:
 - name: credvend-test
@@ -585,8 +749,7 @@ contexts:
     namespace: default
 current-context: credvend-test
 "
-        )
-    }
+    )
 }
 
 struct Process {
@@ -600,16 +763,18 @@ struct Processes {
     dir: Option<TempDir>,
     root: PathBuf,
     children: Vec<Process>,
-    reaper: Option<(Child, ChildStdin)>,
+    reaper: std::sync::Mutex<Option<(Child, ChildStdin)>>,
 }
 
 /// Kills the processes it is told about (one pid per line on stdin) and removes the directory
 /// once stdin reaches end-of-file — which happens when the test process exits, however it
 /// exits, because nothing else holds the pipe's write end. Rust has no exit hook for statics,
-/// and this needs no unsafe code.
+/// and this needs no unsafe code. A non-empty second argument is a command run first, while
+/// the processes still run (see [`Options::before_reap`]).
 const REAPER_SCRIPT: &str = r#"
 pids=
 while read -r pid; do pids="$pids $pid"; done
+[ -z "$2" ] || sh -c "$2" >/dev/null 2>&1
 # A killed process lingers as a zombie until init reaps it; that counts as gone.
 gone() {
   ! kill -0 "$1" 2>/dev/null || case "$(cat "/proc/$1/stat" 2>/dev/null)" in *") Z "*) true ;; *) false ;; esac
@@ -623,11 +788,12 @@ rm -rf "$1"
 "#;
 
 impl Processes {
-    fn new(dir: TempDir) -> anyhow::Result<Self> {
+    fn new(dir: TempDir, before_reap: Option<&str>) -> anyhow::Result<Self> {
         let root = dir.path().to_owned();
         let mut reaper = Command::new("sh")
             .args(["-c", REAPER_SCRIPT, "credvend-reaper"])
             .arg(&root)
+            .arg(before_reap.unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -641,7 +807,7 @@ impl Processes {
             dir: Some(dir),
             root,
             children: Vec::new(),
-            reaper: Some((reaper, stdin)),
+            reaper: std::sync::Mutex::new(Some((reaper, stdin))),
         })
     }
 
@@ -661,10 +827,18 @@ impl Processes {
             .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
         let pid = child.id();
         self.children.push(Process { name, child, log });
-        if let Some((_, stdin)) = &mut self.reaper {
-            writeln!(stdin, "{pid}")
-                .and_then(|()| stdin.flush())
-                .with_context(|| format!("telling the reaper about {name}"))?;
+        self.reap_at_exit(pid)
+            .with_context(|| format!("telling the reaper about {name}"))
+    }
+
+    /// Tells the reaper to kill `pid` when the test process exits.
+    fn reap_at_exit(&self, pid: u32) -> anyhow::Result<()> {
+        let mut reaper = self
+            .reaper
+            .lock()
+            .map_err(|_| anyhow!("the reaper's lock is poisoned"))?;
+        if let Some((_, stdin)) = reaper.as_mut() {
+            writeln!(stdin, "{pid}").and_then(|()| stdin.flush())?;
         }
         Ok(())
     }
@@ -700,7 +874,8 @@ impl Processes {
 
     fn stop(&mut self) -> anyhow::Result<()> {
         // The reaper goes first, so it cannot signal a pid that the kernel has since reused.
-        if let Some((mut reaper, stdin)) = self.reaper.take() {
+        let reaper = self.reaper.get_mut().map(Option::take).unwrap_or_default();
+        if let Some((mut reaper, stdin)) = reaper {
             let _ = reaper.kill();
             let _ = reaper.wait();
             drop(stdin);

@@ -5,8 +5,12 @@
 
 pub mod agent;
 pub mod http;
+pub mod image;
 pub mod k8s;
 pub mod manifests;
+pub mod node;
 pub mod operator;
+pub mod pods;
 pub mod python;
+pub mod release;
 pub mod sts;

@@ -137,6 +137,10 @@ pub struct InstallOptions<'a> {
     pub sts_endpoints: &'a [&'a str],
     /// More `--set` values.
     pub values: &'a [(&'a str, &'a str)],
+    /// Operator flags of the test's own (`--flag=value`); each replaces the chart's flag of
+    /// that name. The test node uses it for the image it imported (`--agent-image`,
+    /// `--agent-image-pull-policy=Never`).
+    pub flags: &'a [String],
     /// Called with the rendered objects after they were applied and before the operator
     /// starts; what it returns is applied (to take a permission away, say).
     pub before_start: Option<&'a BeforeStart>,
@@ -303,6 +307,14 @@ pub async fn install_with(
         .collect();
     args.push("--webhook-extra-san=127.0.0.1".into());
     args.push("--agent-image=credvend:test".into());
+    // Flags of the test's own replace the chart's flag of that name.
+    let flag_of = |a: &str| {
+        a.split_once('=')
+            .map_or(a.to_owned(), |(f, _)| f.to_owned())
+    };
+    let replaced: Vec<String> = options.flags.iter().map(|o| flag_of(o)).collect();
+    args.retain(|a| !replaced.contains(&flag_of(a)));
+    args.extend(options.flags.iter().cloned());
     let webhook_config = chart_args
         .iter()
         .find_map(|a| a.strip_prefix("--webhook-config-name="))

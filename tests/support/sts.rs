@@ -11,20 +11,49 @@ use super::python::{python, repo_path};
 pub struct StsPeer {
     child: Child,
     endpoint: String,
+    /// The https endpoint for pods, when started with [`StsPeer::start_for_pods`].
+    pod_endpoint: Option<String>,
+    tls: Option<PodListener>,
     _dir: tempfile::TempDir,
+}
+
+/// Where and with what certificate the peer also serves pods over https.
+#[derive(Clone)]
+pub struct PodListener {
+    pub address: std::net::Ipv4Addr,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl StsPeer {
     /// Starts the peer on a free port and waits until it listens.
     pub fn start() -> StsPeer {
-        Self::start_on(0)
+        Self::start_on(0, None)
     }
 
-    /// Stops the peer (STS becomes unreachable) and starts a fresh one on the same port.
+    /// Starts the peer on 127.0.0.1 (the test's control and plain-http endpoint) and also on
+    /// `listener.address` over https with `listener`'s certificate, for pods.
+    pub fn start_for_pods(listener: PodListener) -> StsPeer {
+        Self::start_on(0, Some((listener, 0)))
+    }
+
+    /// Stops the peer (STS becomes unreachable) and starts a fresh one on the same port(s).
     pub fn restart(&mut self) {
         self.stop();
-        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        *self = Self::start_on(port);
+        let port_of = |url: &str| -> u16 { url.rsplit(':').next().unwrap().parse().unwrap() };
+        let port = port_of(&self.endpoint);
+        let tls = self
+            .tls
+            .clone()
+            .map(|l| (l, port_of(self.pod_endpoint.as_deref().unwrap())));
+        *self = Self::start_on(port, tls);
+    }
+
+    /// `https://ADDR:PORT` on the pods' side (see [`StsPeer::start_for_pods`]).
+    pub fn pod_endpoint(&self) -> &str {
+        self.pod_endpoint
+            .as_deref()
+            .expect("the peer was started with start_for_pods")
     }
 
     /// Kills the peer; connections to its port are refused from now on.
@@ -33,19 +62,35 @@ impl StsPeer {
         let _ = self.child.wait();
     }
 
-    fn start_on(port: u16) -> StsPeer {
+    fn start_on(port: u16, tls: Option<(PodListener, u16)>) -> StsPeer {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = std::fs::File::create(dir.path().join("sts-peer.log")).expect("log file");
-        let mut child = Command::new(python())
+        let mut command = Command::new(python());
+        command
             .arg(repo_path("tests/python/sts_peer.py"))
-            .args(["--port", &port.to_string()])
+            .args(["--port", &port.to_string()]);
+        if let Some((listener, tls_port)) = &tls {
+            let cert = dir.path().join("sts.crt");
+            let key = dir.path().join("sts.key");
+            std::fs::write(&cert, &listener.cert_pem).unwrap();
+            std::fs::write(&key, &listener.key_pem).unwrap();
+            command
+                .args(["--tls-host", &listener.address.to_string()])
+                .args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert")
+                .arg(&cert)
+                .arg("--tls-key")
+                .arg(&key);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("start tests/python/sts_peer.py");
         let stdout = child.stdout.take().expect("piped stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .expect("read the peer's first line");
         let endpoint = line
@@ -56,11 +101,27 @@ impl StsPeer {
                     std::fs::read_to_string(dir.path().join("sts-peer.log")).unwrap_or_default();
                 panic!("STS peer did not start: {line:?}\n{log}")
             });
+        let pod_endpoint = tls.as_ref().map(|_| {
+            let mut line = String::new();
+            stdout
+                .read_line(&mut line)
+                .expect("read the peer's tls line");
+            line.strip_prefix("tls ")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|| panic!("STS peer did not serve https: {line:?}"))
+        });
         StsPeer {
             child,
             endpoint,
+            pod_endpoint,
+            tls: tls.map(|(listener, _)| listener),
             _dir: dir,
         }
+    }
+
+    /// The peer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://127.0.0.1:PORT`.

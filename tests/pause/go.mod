@@ -1,0 +1,3 @@
+module credvend.test/pause
+
+go 1.24
