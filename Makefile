@@ -37,7 +37,8 @@ SDK_ENV = $(call installed,scripts/sdk-clients.sh)
 .PHONY: help
 help:
 	@echo "make demo   run the end-to-end demo (installs what it needs)"
-	@echo "make test   run every check and test (fmt, clippy, cargo-deny, unit, integration)"
+	@echo "make test   run every check and test (fmt, clippy, cargo-deny, fuzz smoke, unit, integration)"
+	@echo "make fuzz   fuzz every parser for FUZZ_RUNS executions (default 1000000) and minimize fuzz/corpus"
 
 .PHONY: venv
 venv:
@@ -83,8 +84,18 @@ lint:
 	cargo clippy --all-targets --locked -- -D warnings
 	deny="$$(scripts/cargo-deny.sh)" && "$$deny" deny --log-level error check bans licenses sources
 
+# The fuzz targets (fuzz/, nightly via cargo-fuzz, built under the cache dir; see
+# scripts/fuzz.sh). `fuzz-smoke` replays each target's corpus and fuzzes it for seconds.
+.PHONY: fuzz
+fuzz:
+	scripts/fuzz.sh run
+
+.PHONY: fuzz-smoke
+fuzz-smoke:
+	scripts/fuzz.sh smoke
+
 .PHONY: test
-test: lint k8s-bins k8s-oldest node-bins helm-bin
+test: lint k8s-bins k8s-oldest node-bins helm-bin fuzz-smoke
 	CREDVEND_PYTHON="$(PYTHON)" \
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
 	CREDVEND_KUBE_APISERVER_OLDEST="$(word 1,$(K8S_OLDEST))" CREDVEND_ETCD_OLDEST="$(word 2,$(K8S_OLDEST))" \

@@ -10,6 +10,10 @@ const MAX_ROLE_PATH_LEN: usize = 512;
 const MAX_ROLE_NAME_LEN: usize = 64;
 /// STS's limit on the `RoleArn` parameter.
 const MAX_ROLE_ARN_LEN: usize = 2048;
+/// The CRD's `maxLength` for `region` (real codes are far shorter).
+const MAX_REGION_LEN: usize = 32;
+/// The CRD's `maxLength` for `stsEndpoint`.
+const MAX_STS_ENDPOINT_LEN: usize = 2048;
 
 /// Checks an IAM role ARN: `arn:<partition>:iam::<account>:role/<path/><name>`.
 pub fn check_role_arn(arn: &str) -> Result<(), &'static str> {
@@ -79,8 +83,11 @@ fn check_role_path_and_name(path_and_name: &str) -> Result<(), &'static str> {
 }
 
 /// An AWS region code such as `eu-west-1`, `us-gov-west-1`, `us-isob-east-1` or
-/// `eusc-de-east-1`: `^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$`.
+/// `eusc-de-east-1`: `^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$`, at most 32 characters.
 pub fn is_region(s: &str) -> bool {
+    if s.len() > MAX_REGION_LEN {
+        return false;
+    }
     let parts: Vec<&str> = s.split('-').collect();
     let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
     match parts.as_slice() {
@@ -98,6 +105,9 @@ pub fn is_region(s: &str) -> bool {
 /// https anywhere; http only to a loopback IP literal, so the web identity token never crosses
 /// a network unencrypted.
 pub fn check_sts_endpoint(url: &str) -> Result<(), &'static str> {
+    if url.len() > MAX_STS_ENDPOINT_LEN {
+        return Err("is longer than 2048 characters");
+    }
     let uri: http::Uri = url.parse().map_err(|_| "is not a URL")?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err("is not an absolute URL");

@@ -238,8 +238,10 @@ pub enum SpecError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// `audience` is empty.
-    #[error("audience must not be empty; leave it out to use sts.amazonaws.com")]
+    /// `audience` is blank or longer than the CRD allows.
+    #[error(
+        "audience must be 1 to 253 characters and not blank; leave it out to use sts.amazonaws.com"
+    )]
     Audience,
     /// `stsEndpoint` is well-formed but not one the operator may send tokens to.
     #[error(
@@ -320,7 +322,9 @@ pub fn validate(spec: &AWSRoleBindingSpec) -> Result<Validated, Vec<SpecError>> 
             why,
         });
     }
-    if spec.audience.trim().is_empty() {
+    /// The CRD's `maxLength` for `audience`, which counts characters.
+    const MAX_AUDIENCE_CHARS: usize = 253;
+    if spec.audience.trim().is_empty() || spec.audience.chars().count() > MAX_AUDIENCE_CHARS {
         errors.push(SpecError::Audience);
     }
     match duration {
@@ -539,10 +543,14 @@ mod tests {
         for (region, ok) in cases {
             assert_eq!(is_region(region), ok, "{region}");
         }
+        // The CRD's maxLength, which the pattern alone does not bound.
+        assert!(is_region(&format!("eu-{}-1", "a".repeat(27))));
+        assert!(!is_region(&format!("eu-{}-1", "a".repeat(28))));
     }
 
     #[test]
     fn sts_endpoints() {
+        let long_url = format!("https://sts.example.com/{}", "p".repeat(2025));
         let cases = [
             ("https://sts.eu-west-1.amazonaws.com", Ok(())),
             ("https://sts-fips.us-east-1.amazonaws.com/", Ok(())),
@@ -564,6 +572,7 @@ mod tests {
             ("https://user:pw@sts.example.com", Err("InvalidStsEndpoint")),
             ("https://sts.example.com/?a=b", Err("InvalidStsEndpoint")),
             ("", Err("InvalidStsEndpoint")),
+            (&long_url, Err("InvalidStsEndpoint")),
         ];
         for (url, want) in cases {
             let got = validate(&AWSRoleBindingSpec {
@@ -668,6 +677,13 @@ mod tests {
             "{arn}"
         );
         assert!(errors[2].to_string().contains("15m..12h"));
+    }
+
+    #[test]
+    fn audiences_are_bounded_like_the_crd() {
+        let with = |audience: String| AWSRoleBindingSpec { audience, ..spec() };
+        assert!(validate(&with("é".repeat(253))).is_ok());
+        assert_eq!(reasons(&with("a".repeat(254))), ["InvalidAudience"]);
     }
 
     #[test]

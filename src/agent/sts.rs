@@ -279,6 +279,18 @@ pub async fn exchange_token(
         code: StsErrorCode::InvalidResponse,
         message: "the response has no Credentials".into(),
     })?;
+    // The SDK turns an empty element into an empty string; served, such credentials would
+    // fail in the app's SDK, far from the cause.
+    if credentials.access_key_id().is_empty()
+        || credentials.secret_access_key().is_empty()
+        || credentials.session_token().is_empty()
+    {
+        return Err(ExchangeError::Sts {
+            code: StsErrorCode::InvalidResponse,
+            message: "the response's Credentials lack an access key id, secret or session token"
+                .into(),
+        });
+    }
     Ok(Exchanged {
         credentials: convert(credentials, out.assumed_role_user().map(|u| u.arn())),
         packed_policy_size: packed_size(&out),
@@ -500,6 +512,47 @@ mod tests {
             crate::telemetry::error_chain(&refused),
             "dispatch failure: client error (Connect): tcp connect error: connection refused"
         );
+    }
+
+    /// What `exchange_token` makes of one STS answer, through the SDK's deserializer.
+    async fn exchange_answer(status: u16, body: &'static str) -> Result<Exchanged, ExchangeError> {
+        let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_| {
+            http::Response::builder().status(status).body(body).unwrap()
+        });
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .retry_config(RetryConfig::disabled())
+            .endpoint_url("http://127.0.0.1:9")
+            .http_client(http)
+            .build();
+        let request = ExchangeRequest {
+            role_arn: "arn:aws:iam::111122223333:role/r".into(),
+            session_name: "s".into(),
+            duration: Duration::from_secs(3600),
+            token_file: "/t".into(),
+        };
+        let token = token::parse("t".into(), "/t".as_ref()).unwrap();
+        exchange_token(&aws_sdk_sts::Client::from_conf(config), &request, &token).await
+    }
+
+    fn answer(access_key_id: &str) -> String {
+        format!(
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+             <AccessKeyId>{access_key_id}</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
+             <SessionToken>t</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration>\
+             </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+        )
+    }
+
+    #[tokio::test]
+    async fn credentials_with_an_empty_field_are_an_invalid_response() {
+        let ok = exchange_answer(200, answer("ASIAEXAMPLE").leak())
+            .await
+            .unwrap();
+        assert_eq!(ok.credentials.access_key_id, "ASIAEXAMPLE");
+        let err = exchange_answer(200, answer("").leak()).await.unwrap_err();
+        assert_eq!(err.sts_code(), Some(StsErrorCode::InvalidResponse), "{err}");
     }
 
     #[test]
