@@ -37,10 +37,25 @@ use support::sts::StsPeer;
 
 const ROLE: &str = "s3-reader";
 
+/// Tests that switch STS into failure or shorten its lifetimes take a peer of their own from
+/// here, so the switch reaches no other test; the operator allows each one's endpoint.
+const OWN_STS_PEERS: usize = 2;
+
 struct World {
     node: Node,
     sts: StsPeer,
+    own_sts: std::sync::Mutex<Vec<StsPeer>>,
     _operator: Installed,
+}
+
+/// An STS peer for this test alone (see [`OWN_STS_PEERS`]).
+fn own_sts(world: &World) -> StsPeer {
+    world
+        .own_sts
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("OWN_STS_PEERS covers every test that needs a peer of its own")
 }
 
 static WORLD: OnceCell<World> = OnceCell::const_new();
@@ -54,6 +69,12 @@ async fn world() -> &'static World {
             pods::import_images(&node).expect("images import");
             eprintln!("images imported in {:.1?}", started.elapsed());
             let sts = pods::start_sts(&node).expect("STS starts");
+            let own: Vec<StsPeer> = (0..OWN_STS_PEERS)
+                .map(|_| pods::start_sts(&node).expect("STS starts"))
+                .collect();
+            let allowed: Vec<&str> = std::iter::once(sts.pod_endpoint())
+                .chain(own.iter().map(StsPeer::pod_endpoint))
+                .collect();
             let dir = node.dir().join("operator");
             std::fs::create_dir_all(&dir).unwrap();
             let client = node.client().unwrap();
@@ -62,7 +83,7 @@ async fn world() -> &'static World {
                 &client,
                 &dir,
                 &InstallOptions {
-                    sts_endpoints: &[sts.pod_endpoint()],
+                    sts_endpoints: &allowed,
                     flags: &[
                         format!("--agent-image={}", image::CREDVEND_IMAGE),
                         "--agent-image-pull-policy=Never".to_owned(),
@@ -77,6 +98,7 @@ async fn world() -> &'static World {
             World {
                 node,
                 sts,
+                own_sts: std::sync::Mutex::new(own),
                 _operator: operator,
             }
         })
@@ -211,7 +233,7 @@ async fn with_sts_failing_at_start_the_app_waits_for_the_agent_and_starts_once_s
     let world = world().await;
     let started = Instant::now();
     // A peer of this test's own: its failure switch must not reach the other tests.
-    let sts = pods::start_sts(&world.node).unwrap();
+    let sts = own_sts(world);
     let (client, ns) = namespace(world, "sts-down", sts.pod_endpoint()).await;
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     sts.fail("ServiceUnavailable", 503).await;
@@ -362,7 +384,7 @@ fn auth_token(world: &World, pod: &Pod) -> String {
 async fn a_killed_agent_is_restarted_and_the_app_keeps_working_with_the_same_auth_token() {
     let world = world().await;
     let started = Instant::now();
-    let sts = pods::start_sts(&world.node).unwrap();
+    let sts = own_sts(world);
     // Short-lived credentials, so the app's SDK fetches again from the restarted agent.
     sts.set_lifetime(10).await;
     let (client, ns) = namespace(world, "restart", sts.pod_endpoint()).await;
