@@ -467,25 +467,14 @@ mod tests {
         assert!(check_role_arn(&format!("arn:aws:iam::111122223333:role/{path}p/r")).is_err());
     }
 
+    /// The grammar and bounds are `crate::duration`'s (tested there); a binding reports any
+    /// refusal of them as one reason.
     #[test]
-    fn session_durations() {
-        let cases: [(&str, Result<u64, &str>); 17] = [
-            ("1h", Ok(3600)),
-            ("90m", Ok(5400)),
+    fn session_durations_follow_the_shared_rule() {
+        let cases: [(&str, Result<u64, &str>); 4] = [
             ("1h30m", Ok(5400)),
-            ("15m", Ok(900)),
-            ("900s", Ok(900)),
-            ("12h", Ok(43200)),
-            ("11h59m59s", Ok(43199)),
             ("14m59s", Err("InvalidSessionDuration")),
-            ("12h1s", Err("InvalidSessionDuration")),
-            ("0h", Err("InvalidSessionDuration")),
-            ("1 hour", Err("InvalidSessionDuration")),
             ("2days", Err("InvalidSessionDuration")),
-            ("1.5h", Err("InvalidSessionDuration")),
-            ("30m1h", Err("InvalidSessionDuration")),
-            ("3600", Err("InvalidSessionDuration")),
-            ("999999m", Err("InvalidSessionDuration")),
             ("", Err("InvalidSessionDuration")),
         ];
         for (written, want) in cases {
