@@ -275,7 +275,11 @@ where
             let status = Some(se.raw().status().as_u16());
             (
                 StsErrorCode::classify(se.err().code(), status),
-                se.err().message().unwrap_or("no message").to_owned(),
+                se.err()
+                    .message()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("no message")
+                    .to_owned(),
             )
         }
         SdkError::TimeoutError(_) => (StsErrorCode::Timeout, "the request timed out".to_owned()),
