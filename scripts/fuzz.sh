@@ -8,7 +8,8 @@
 #                                coverage into fuzz/corpus/<target> (minimized; commit them)
 #
 # The build is cached outside the clone, under CREDVEND_CACHE/fuzz-target. Runs use one job
-# and one worker; libFuzzer's crash inputs land in fuzz/artifacts/<target>/.
+# in-process (no -jobs/-fork: one process per target, its stats on stderr); crash inputs land in
+# fuzz/artifacts/<target>/.
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
@@ -27,7 +28,7 @@ bin_dir="$target_dir/x86_64-unknown-linux-gnu/release"
 (cd "$repo" && "$cargo_fuzz" fuzz build --sanitizer none --codegen-units 16 \
   --target-dir "$target_dir") </dev/null >&2
 
-flags=(-jobs=1 -workers=1 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+flags=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for t in "${targets[@]}"; do

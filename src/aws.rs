@@ -120,10 +120,19 @@ pub fn check_sts_endpoint(url: &str) -> Result<(), &'static str> {
     }
     match scheme {
         "https" => Ok(()),
-        "http" if is_loopback_host(authority.host()) => Ok(()),
+        // As the CRD's rule has it: a lowercase `http://` and the literal 127.x.y.z or [::1]
+        // (its regular expression is case-sensitive and its hostname test exact).
+        "http" if url.starts_with("http://") && is_loopback_literal(authority.host()) => Ok(()),
         "http" => Err("uses plain http to a host that is not a loopback IP"),
         _ => Err("must use https"),
     }
+}
+
+fn is_loopback_literal(host: &str) -> bool {
+    host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub fn is_loopback_host(host: &str) -> bool {

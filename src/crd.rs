@@ -562,6 +562,8 @@ mod tests {
             ("https://sts.example.com/?a=b", Err("InvalidStsEndpoint")),
             ("", Err("InvalidStsEndpoint")),
             (&long_url, Err("InvalidStsEndpoint")),
+            ("HTTP://127.0.0.1:5000", Err("InvalidStsEndpoint")),
+            ("http://[0:0:0:0:0:0:0:1]:5000", Err("InvalidStsEndpoint")),
         ];
         for (url, want) in cases {
             let got = validate(&AWSRoleBindingSpec {

@@ -332,7 +332,7 @@ where
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = StsErrorCode::classify(se.err().code(), Some(status));
-            let message = match (se.err().message(), code) {
+            let message = match (se.err().message().filter(|m| !m.is_empty()), code) {
                 (Some(m), _) => m.to_owned(),
                 (None, StsErrorCode::InvalidResponse) => {
                     format!("the reply (HTTP {status}) could not be read as an STS reply")
