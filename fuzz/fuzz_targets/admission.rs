@@ -91,7 +91,7 @@ static ADMISSION: LazyLock<Admission<Memory>> = LazyLock::new(|| {
             ),
         ]),
         settings: InjectSettings::default(),
-        metrics: OperatorMetrics::new().expect("metrics"),
+        metrics: OperatorMetrics::new().expect("metrics").admission,
     }
 });
 
