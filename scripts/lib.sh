@@ -21,3 +21,17 @@ build_into() {
   rm -rf "$out"
   mv "$tmp" "$out"
 }
+
+# cargo_tool NAME VERSION: installs the cargo subcommand NAME at VERSION into the cache once
+# (serialised by a lock) and prints its path.
+cargo_tool() {
+  local name="$1" version="$2"
+  local root="$CREDVEND_CACHE/$name-$version"
+  _cargo_tool_install() {
+    if [ -x "$root/bin/$name" ]; then return; fi
+    log "building $name $version (once)"
+    cargo install --quiet --locked --root "$root" --version "$version" "$name" >&2
+  }
+  with_lock "$root.lock" _cargo_tool_install
+  echo "$root/bin/$name"
+}

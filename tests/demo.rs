@@ -160,24 +160,8 @@ async fn demo() {
         6,
         "Creating a Deployment of two pods annotated credvend.io/inject: \"true\"",
     );
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}, "annotations": {"credvend.io/inject": "true"}},
-                "spec": {
-                    "serviceAccountName": "app",
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [sdk_container(sts.pod_endpoint(), 1_000_000, 5000)],
-                },
-            },
-        },
-    }))
-    .unwrap();
+    let deployment =
+        pods::sdk_deployment("web", 2, sdk_container(sts.pod_endpoint(), 1_000_000, 5000));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "team-a");
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), "team-a");
     pods::wait_webhook(&pods_api, "app").await;

@@ -451,25 +451,12 @@ async fn a_deployment_of_three_is_counted_by_its_binding_and_scaling_to_zero_cou
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods::wait_webhook(&pods, "app").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}, "annotations": {"credvend.io/inject": "true"}},
-                "spec": {
-                    "serviceAccountName": "app",
-                    "terminationGracePeriodSeconds": 5,
-                    // A long-running app: a call a second.
-                    "containers": [sdk_container(world.sts.pod_endpoint(), 100_000, 1000)],
-                },
-            },
-        },
-    }))
-    .unwrap();
+    // A long-running app: a call a second.
+    let deployment = pods::sdk_deployment(
+        "web",
+        3,
+        sdk_container(world.sts.pod_endpoint(), 100_000, 1000),
+    );
     deployments
         .create(&PostParams::default(), &deployment)
         .await

@@ -70,6 +70,33 @@ pub fn sdk_pod(
     serde_json::from_value(pod).expect("a valid pod")
 }
 
+/// A Deployment `name` of `replicas` annotated pods of service account `app`, each running
+/// `container` (an [`sdk_container`]).
+pub fn sdk_deployment(
+    name: &str,
+    replicas: u32,
+    container: serde_json::Value,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"credvend.io/inject": "true"}},
+                "spec": {
+                    "serviceAccountName": "app",
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [container],
+                },
+            },
+        },
+    }))
+    .expect("a Deployment")
+}
+
 /// The app container of [`sdk_pod`], for other workload templates.
 pub fn sdk_container(sts: &str, calls: u32, pause_ms: u32) -> serde_json::Value {
     json!({
