@@ -818,13 +818,7 @@ impl Processes {
     /// Spawns a process with its output in `<name>.log` and registers it with the reaper.
     fn spawn(&mut self, name: &'static str, command: &mut Command) -> anyhow::Result<()> {
         let log = self.root.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+        let child = spawn_logged(name, command, &log)?;
         let pid = child.id();
         self.children.push(Process { name, child, log });
         self.reap_at_exit(pid)
@@ -905,4 +899,15 @@ impl Drop for Processes {
             eprintln!("control plane cleanup: {error}");
         }
     }
+}
+
+/// Spawns `command` with no stdin and its stdout and stderr in `log`; `name` names it in errors.
+pub fn spawn_logged(name: &str, command: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {name} ({:?})", command.get_program()))
 }

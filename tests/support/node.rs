@@ -47,7 +47,7 @@ use kube::{Api, Client};
 use tokio::sync::OnceCell;
 
 use super::image;
-use super::k8s::{ControlPlane, Options};
+use super::k8s::{ControlPlane, Options, spawn_logged};
 use super::python::{python, repo_path};
 
 /// How long containerd, the kubelet and node registration may take (two busy cores).
@@ -596,13 +596,7 @@ struct Procs {
 impl Procs {
     fn spawn(&mut self, name: &'static str, command: &mut Command) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child = spawn_logged(name, command, &log)?;
         fs::write(self.dir.join("pids").join(name), child.id().to_string())?;
         self.list.push((name, child));
         Ok(())
