@@ -9,9 +9,10 @@
 //! rather than with `pattern`, because the API server's message for a failed pattern only
 //! repeats the regular expression.
 //!
-//! The spec only grows by optional fields (`sessionPolicy`, `sessionPolicyArns`, `chain` are
-//! planned), so objects stored today stay valid; [`Validated`] is the place to carry their
-//! parsed form.
+//! The spec only grows by optional fields, so objects stored before a field existed stay
+//! valid; [`Validated`] carries their parsed form. The optional fields follow STS's own
+//! request rules ([`crate::sts_fields`], [`crate::session_name`]); role chaining's one-hour
+//! ceiling ([`crate::plan`]) is applied, and reported as a warning, rather than refused.
 
 use std::time::Duration;
 
@@ -22,6 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::aws::{StsEndpointAllowlist, check_role_arn, check_sts_endpoint, is_region};
 pub use crate::duration::{MAX_SESSION_DURATION, MIN_SESSION_DURATION};
 use crate::duration::{SessionDurationError, cel_format_rule, cel_range_rule};
+use crate::session_name::{CEL_TEMPLATE, TemplateError, check_template};
+use crate::sts_fields::{
+    CEL_EXTERNAL_ID, CEL_POLICY, CEL_POLICY_ARN, CEL_SOURCE_IDENTITY, CEL_TAG_KEY, FieldError,
+    check_external_id, check_policy_arns, check_source_identity, check_tags, compact_policy,
+};
 
 /// API group of every credvend resource.
 pub const GROUP: &str = "credvend.io";
@@ -57,6 +63,18 @@ const CEL_ROLE_ARN: &str =
 const CEL_REGION: &str = "self.matches('^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$')";
 // The 127.0.0.0/8 test runs on `self`, whose length is bounded: a regular expression on the
 // unbounded result of `getHostname()` makes the API server's cost estimate refuse the CRD.
+/// The most AssumeRole hops after the exchange. STS sets no limit of its own; every hop is a
+/// call per refresh, and more than a few is a design to rethink.
+pub const MAX_CHAIN_HOPS: usize = 5;
+const CEL_TRANSITIVE_KEYS: &str = "!has(self.transitiveTagKeys) || self.transitiveTagKeys.all(k, has(self.sessionTags) && self.sessionTags.exists(t, t.key == k))";
+const CEL_UNIQUE_TAG_KEYS: &str =
+    "self.all(t, self.exists_one(u, u.key.lowerAscii() == t.key.lowerAscii()))";
+
+/// `rule`, written for one string as `self`, applied to every item of a list.
+fn each(rule: &str) -> String {
+    format!("self.all(x, {})", rule.replacen("self", "x", 1))
+}
+
 const CEL_STS_ENDPOINT: &str = "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && (url(self).getHostname() == '::1' || self.matches('^http://127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}([:/]|$)'))))";
 
 /// Lets the pods of one service account obtain credentials for one IAM role.
@@ -145,6 +163,130 @@ pub struct AWSRoleBindingSpec {
     #[serde(default = "default_audience")]
     #[schemars(length(min = 1, max = 253))]
     pub audience: String,
+
+    /// The STS `RoleSessionName`, which CloudTrail shows: a template over `{namespace}`,
+    /// `{pod}`, `{serviceAccount}` and `{binding}` (default `{namespace}.{pod}`). It is the
+    /// same across refreshes and restarts of a pod; a name over 64 characters keeps its first
+    /// 55 and a hash of the whole, so distinct pods stay distinct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(CEL_TEMPLATE).message(
+        "sessionName must be letters, digits, _+=,.@- and the placeholders {namespace}, {pod}, {serviceAccount} and {binding}, such as {namespace}.{pod}"
+    ))]
+    pub session_name: Option<String>,
+
+    /// An inline session policy (JSON, at most 2048 characters) that narrows what the served
+    /// credentials may do: the session gets the intersection of the role's policies and this.
+    /// With a `chain`, it applies to the last hop, whose credentials are served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2048))]
+    #[x_kube(validation = Rule::new(CEL_POLICY).message(
+        "sessionPolicy must be an IAM policy document in JSON, such as {\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"s3:GetObject\",\"Resource\":\"*\"}]}"
+    ))]
+    pub session_policy: Option<String>,
+
+    /// Up to 10 managed policies that narrow the served session like `sessionPolicy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(min = 20, max = 2048)))]
+    #[x_kube(validation = Rule::new(each(CEL_POLICY_ARN)).message(
+        "sessionPolicyArns must be managed policy ARNs such as arn:aws:iam::aws:policy/ReadOnlyAccess or arn:aws:iam::111122223333:policy/s3-read"
+    ))]
+    pub session_policy_arns: Vec<String>,
+
+    /// AssumeRole hops after the web-identity exchange (cross-account roles, external ids,
+    /// session tags, source identity), each signed with the previous session's credentials.
+    /// The last hop's credentials are served. Chained sessions last at most 1h, so a longer
+    /// `sessionDuration` is clamped (the `Ready` condition says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub chain: Vec<ChainHop>,
+}
+
+/// One AssumeRole hop of a binding's `chain`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(CEL_TRANSITIVE_KEYS).message(
+    "transitiveTagKeys may only name keys of the same hop's sessionTags"
+))]
+pub struct ChainHop {
+    /// The role to assume with the previous session's credentials; its trust policy must allow
+    /// the previous role (`credvend trust-policy` prints it).
+    #[schemars(length(min = 20, max = 2048))]
+    #[x_kube(validation = Rule::new(CEL_ROLE_ARN).message(
+        "chain[].roleArn must be an IAM role ARN such as arn:aws:iam::444455556666:role/cross-account"
+    ))]
+    pub role_arn: String,
+
+    /// This hop's `RoleSessionName` template (default: the binding's `sessionName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(CEL_TEMPLATE).message(
+        "chain[].sessionName must be letters, digits, _+=,.@- and the placeholders {namespace}, {pod}, {serviceAccount} and {binding}"
+    ))]
+    pub session_name: Option<String>,
+
+    /// The external id the role's trust policy requires (`sts:ExternalId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224))]
+    #[x_kube(validation = Rule::new(CEL_EXTERNAL_ID).message(
+        "chain[].externalId must be 2 to 1224 letters, digits and _+=,.@:/-"
+    ))]
+    pub external_id: Option<String>,
+
+    /// Session tags (up to 50) for attribute-based access control; the role's trust policy
+    /// must allow `sts:TagSession`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[x_kube(validation = Rule::new(CEL_UNIQUE_TAG_KEYS).message(
+        "chain[].sessionTags must not repeat a key (keys are case-insensitive)"
+    ))]
+    pub session_tags: Vec<SessionTag>,
+
+    /// Keys of `sessionTags` that later hops inherit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 128)))]
+    pub transitive_tag_keys: Vec<String>,
+
+    /// The source identity (say, the team or the workload) CloudTrail keeps through every
+    /// later hop; once set it cannot change. The role's trust policy must allow
+    /// `sts:SetSourceIdentity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64))]
+    #[x_kube(validation = Rule::new(CEL_SOURCE_IDENTITY).message(
+        "chain[].sourceIdentity must be 2 to 64 letters, digits and _+=,.@-"
+    ))]
+    pub source_identity: Option<String>,
+
+    /// An inline session policy for this hop's session (not allowed on the last hop when the
+    /// binding sets `sessionPolicy`, which is the last hop's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2048))]
+    #[x_kube(validation = Rule::new(CEL_POLICY).message(
+        "chain[].sessionPolicy must be an IAM policy document in JSON"
+    ))]
+    pub session_policy: Option<String>,
+
+    /// Managed session policies (up to 10) for this hop's session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(min = 20, max = 2048)))]
+    #[x_kube(validation = Rule::new(each(CEL_POLICY_ARN)).message(
+        "chain[].sessionPolicyArns must be managed policy ARNs such as arn:aws:iam::aws:policy/ReadOnlyAccess"
+    ))]
+    pub session_policy_arns: Vec<String>,
+}
+
+/// A session tag of a chain hop.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionTag {
+    /// 1 to 128 characters; not starting with `aws:`.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(CEL_TAG_KEY).message(
+        "session tag keys must not start with aws:, which STS reserves"
+    ))]
+    pub key: String,
+    /// Up to 256 characters.
+    #[schemars(length(max = 256))]
+    pub value: String,
 }
 
 fn default_session_duration() -> String {
@@ -173,6 +315,15 @@ pub struct AWSRoleBindingStatus {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub pods: i32,
+
+    /// The `sub` claim of the pods' tokens: what the first role's trust policy must name
+    /// (`system:serviceaccount:<namespace>:<serviceAccountName>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+
+    /// The `aud` claim of the pods' tokens, which the trust policy must name too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 impl AWSRoleBinding {
@@ -200,6 +351,13 @@ pub fn crd_yaml() -> Result<String, CrdYamlError> {
 pub struct Validated {
     /// `spec.sessionDuration`, parsed.
     pub session_duration: Duration,
+    /// How long the served credentials last: `session_duration`, clamped to an hour when the
+    /// binding chains roles.
+    pub served_duration: Duration,
+    /// `spec.sessionPolicy`, compact (what the agent sends).
+    pub session_policy: Option<String>,
+    /// Each hop's `sessionPolicy`, compact.
+    pub hop_policies: Vec<Option<String>>,
     /// Things that work but deserve the user's attention.
     pub warnings: Vec<SpecWarning>,
 }
@@ -243,6 +401,64 @@ pub enum SpecError {
         "audience must be 1 to 253 characters and not blank; leave it out to use sts.amazonaws.com"
     )]
     Audience,
+    /// `sessionName` or a hop's is not a usable template.
+    #[error("{field} {error}")]
+    SessionName {
+        /// `sessionName` or `chain[i].sessionName`.
+        field: String,
+        /// What is wrong.
+        error: TemplateError,
+    },
+    /// A session policy or its managed ARNs are not what STS takes.
+    #[error("{field} {error}")]
+    SessionPolicy {
+        /// `sessionPolicy`, `sessionPolicyArns` or a hop's.
+        field: String,
+        /// What is wrong.
+        error: FieldError,
+    },
+    /// A hop's external id, tags or source identity are not what STS takes.
+    #[error("{field} {error}")]
+    Chain {
+        /// `chain[i].<field>`.
+        field: String,
+        /// What is wrong.
+        error: FieldError,
+    },
+    /// A hop's `roleArn` is not an IAM role ARN.
+    #[error(
+        "{field} {arn:?} is not an IAM role ARN ({why}); expected arn:aws:iam::<12-digit account id>:role/[path/]<name>"
+    )]
+    ChainRoleArn {
+        /// `chain[i].roleArn`.
+        field: String,
+        /// The value as written.
+        arn: String,
+        /// Which part is wrong.
+        why: &'static str,
+    },
+    /// The binding's `sessionPolicy` and its last hop's both apply to the served session.
+    #[error(
+        "sessionPolicy applies to the served session, which is the last hop's with a chain, and chain[{0}].sessionPolicy is set too; keep one of them"
+    )]
+    PolicyOnLastHop(usize),
+    /// Two hops set different source identities.
+    #[error(
+        "chain[{later}].sourceIdentity {later_value:?} differs from chain[{first}].sourceIdentity {first_value:?}; a source identity cannot change once set, so set the same one or only set it once"
+    )]
+    SourceIdentityChanges {
+        /// The first hop that sets one.
+        first: usize,
+        /// Its value.
+        first_value: String,
+        /// A later hop with another.
+        later: usize,
+        /// Its value.
+        later_value: String,
+    },
+    /// More hops than credvend runs.
+    #[error("chain has {0} hops; credvend runs at most 5 AssumeRole hops after the exchange")]
+    TooManyHops(usize),
     /// `stsEndpoint` is well-formed but not one the operator may send tokens to.
     #[error(
         "stsEndpoint {0:?} is neither one of AWS's STS endpoints nor allowed by the operator, so credvend will not send the pods' service-account tokens there; use an AWS STS endpoint (https://sts.<region>.amazonaws.com, its FIPS or VPC endpoint) or leave stsEndpoint out, or ask the cluster administrator to allow it (chart value agent.allowedStsEndpoints)"
@@ -261,6 +477,17 @@ impl SpecError {
             Self::StsEndpoint { .. } => "InvalidStsEndpoint",
             Self::Audience => "InvalidAudience",
             Self::StsEndpointNotAllowed(_) => "StsEndpointNotAllowed",
+            Self::SessionName { .. } => "InvalidSessionName",
+            Self::SessionPolicy {
+                error: FieldError::PolicyArn(_) | FieldError::TooManyPolicyArns(_),
+                ..
+            } => "InvalidSessionPolicyArns",
+            Self::SessionPolicy { .. } => "InvalidSessionPolicy",
+            Self::Chain { .. }
+            | Self::ChainRoleArn { .. }
+            | Self::PolicyOnLastHop(_)
+            | Self::SourceIdentityChanges { .. }
+            | Self::TooManyHops(_) => "InvalidChain",
         }
     }
 }
@@ -279,6 +506,11 @@ pub enum SpecWarning {
         /// What happens, in words.
         consequence: String,
     },
+    /// A chained session lasts at most an hour; the binding asks for more.
+    #[error(
+        "sessionDuration {0} is longer than the 1h STS allows a chained session (one obtained with another role's credentials): the served credentials last 1h"
+    )]
+    ChainedSessionClamped(String),
 }
 
 impl SpecWarning {
@@ -286,6 +518,7 @@ impl SpecWarning {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::SessionTooShort { .. } => "SessionDurationTooShort",
+            Self::ChainedSessionClamped(_) => "ChainedSessionClamped",
         }
     }
 }
@@ -327,13 +560,123 @@ pub fn validate(spec: &AWSRoleBindingSpec) -> Result<Validated, Vec<SpecError>> 
     if spec.audience.trim().is_empty() || spec.audience.chars().count() > MAX_AUDIENCE_CHARS {
         errors.push(SpecError::Audience);
     }
-    match duration {
-        Ok(session_duration) if errors.is_empty() => Ok(Validated {
-            session_duration,
-            warnings: session_warnings(&spec.session_duration, session_duration),
-        }),
+    let policies = validate_session_options(spec, &mut errors);
+    match (duration, policies) {
+        (Ok(session_duration), Some((session_policy, hop_policies))) if errors.is_empty() => {
+            let served_duration = crate::plan::served_duration(session_duration, spec.chain.len());
+            let mut warnings = session_warnings(&spec.session_duration, served_duration);
+            if served_duration < session_duration {
+                warnings.push(SpecWarning::ChainedSessionClamped(
+                    spec.session_duration.clone(),
+                ));
+            }
+            Ok(Validated {
+                session_duration,
+                served_duration,
+                session_policy,
+                hop_policies,
+                warnings,
+            })
+        }
         _ => Err(errors),
     }
+}
+
+/// Compact policies of the binding and of each hop, when every optional session field is
+/// usable; the problems go to `errors`.
+type Policies = (Option<String>, Vec<Option<String>>);
+
+fn validate_session_options(
+    spec: &AWSRoleBindingSpec,
+    errors: &mut Vec<SpecError>,
+) -> Option<Policies> {
+    let before = errors.len();
+    let template = |field: String, template: Option<&String>, errors: &mut Vec<SpecError>| {
+        if let Some(Err(error)) = template.map(|t| check_template(t)) {
+            errors.push(SpecError::SessionName { field, error });
+        }
+    };
+    let policy = |field: String, policy: Option<&String>, errors: &mut Vec<SpecError>| {
+        policy.and_then(|p| match compact_policy(p) {
+            Ok(compact) => Some(compact),
+            Err(error) => {
+                errors.push(SpecError::SessionPolicy { field, error });
+                None
+            }
+        })
+    };
+    let arns = |field: String, arns: &[String], errors: &mut Vec<SpecError>| {
+        if let Err(error) = check_policy_arns(arns) {
+            errors.push(SpecError::SessionPolicy { field, error });
+        }
+    };
+    template("sessionName".into(), spec.session_name.as_ref(), errors);
+    let session_policy = policy("sessionPolicy".into(), spec.session_policy.as_ref(), errors);
+    arns(
+        "sessionPolicyArns".into(),
+        &spec.session_policy_arns,
+        errors,
+    );
+    if spec.chain.len() > MAX_CHAIN_HOPS {
+        errors.push(SpecError::TooManyHops(spec.chain.len()));
+    }
+    let mut hop_policies = Vec::new();
+    let mut source_identity: Option<(usize, &str)> = None;
+    for (i, hop) in spec.chain.iter().enumerate() {
+        let field = |name: &str| format!("chain[{i}].{name}");
+        if let Err(why) = check_role_arn(&hop.role_arn) {
+            errors.push(SpecError::ChainRoleArn {
+                field: field("roleArn"),
+                arn: hop.role_arn.clone(),
+                why,
+            });
+        }
+        template(field("sessionName"), hop.session_name.as_ref(), errors);
+        hop_policies.push(policy(
+            field("sessionPolicy"),
+            hop.session_policy.as_ref(),
+            errors,
+        ));
+        arns(field("sessionPolicyArns"), &hop.session_policy_arns, errors);
+        let mut chain_error = |name: &str, result: Result<(), FieldError>| {
+            if let Err(error) = result {
+                errors.push(SpecError::Chain {
+                    field: field(name),
+                    error,
+                });
+            }
+        };
+        if let Some(id) = &hop.external_id {
+            chain_error("externalId", check_external_id(id));
+        }
+        let tags = hop
+            .session_tags
+            .iter()
+            .map(|t| (t.key.as_str(), t.value.as_str()));
+        chain_error("sessionTags", check_tags(tags, &hop.transitive_tag_keys));
+        if let Some(id) = &hop.source_identity {
+            chain_error("sourceIdentity", check_source_identity(id));
+            match source_identity {
+                None => source_identity = Some((i, id)),
+                Some((first, first_value)) if first_value != id => {
+                    errors.push(SpecError::SourceIdentityChanges {
+                        first,
+                        first_value: first_value.to_owned(),
+                        later: i,
+                        later_value: id.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if spec.session_policy.is_some()
+        && let Some(last) = spec.chain.len().checked_sub(1)
+        && spec.chain[last].session_policy.is_some()
+    {
+        errors.push(SpecError::PolicyOnLastHop(last));
+    }
+    (errors.len() == before).then_some((session_policy, hop_policies))
 }
 
 /// [`validate`], plus the operator's policy: an explicit `stsEndpoint` must be on `allowed`.
@@ -413,6 +756,10 @@ mod tests {
             region: None,
             sts_endpoint: None,
             audience: DEFAULT_AUDIENCE.into(),
+            session_name: None,
+            session_policy: None,
+            session_policy_arns: Vec::new(),
+            chain: Vec::new(),
         }
     }
 
@@ -648,6 +995,7 @@ mod tests {
             region: Some("Ireland".into()),
             sts_endpoint: Some("http://sts.amazonaws.com".into()),
             audience: " ".into(),
+            ..spec()
         };
         assert_eq!(
             reasons(&bad),

@@ -30,6 +30,9 @@ enum Command {
     /// Print the AWSRoleBinding CustomResourceDefinition as YAML
     /// (`credvend crd > crds/awsrolebinding.yaml`).
     Crd,
+    /// Print the IAM trust policy each role of a binding needs (reads the binding and the
+    /// cluster's OIDC issuer from the API server).
+    TrustPolicy(credvend::trust_policy::command::TrustPolicyArgs),
 }
 
 /// Threads the agent may start for blocking work (reading the token file, DNS lookups); they
@@ -65,6 +68,24 @@ fn main() -> ExitCode {
                 Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
             };
             exit("operator", result)
+        }
+        Command::TrustPolicy(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let result = match runtime {
+                Ok(rt) => rt
+                    .block_on(credvend::trust_policy::command::run(args))
+                    .map_err(Into::into),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", credvend::telemetry::error_chain(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Crd => match credvend::crd::crd_yaml() {
             Ok(yaml) => {

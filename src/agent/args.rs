@@ -1,7 +1,9 @@
 //! The agent's command line: the flags of `credvend agent` and nothing else.
 //!
-//! Every flag can also come from an environment variable `CREDVEND_<FLAG>`, which is how the
-//! webhook could configure the sidecar without long argument lists. Only syntax is checked
+//! Every flag can also come from an environment variable `CREDVEND_<FLAG>`. A binding is
+//! given either by the single-binding flags (`--role-arn` and the flags after it), which is
+//! how a person runs the agent by hand, or by one `--binding` JSON plan per binding, which is
+//! what the webhook writes (it carries chains and session policies). Only syntax is checked
 //! here (clap parses addresses, paths and the session duration); [`config`](super::config)
 //! turns the flags into an [`AgentConfig`](super::config::AgentConfig) it can trust.
 
@@ -16,9 +18,25 @@ use crate::telemetry::LogFormat;
 /// Flags of `credvend agent`.
 #[derive(Args, Clone, Debug)]
 pub struct AgentArgs {
-    /// IAM role to assume, e.g. arn:aws:iam::111122223333:role/s3-reader.
-    #[arg(long, env = "CREDVEND_ROLE_ARN")]
-    pub role_arn: String,
+    /// IAM role to assume, e.g. arn:aws:iam::111122223333:role/s3-reader (one binding given by
+    /// flags; see --binding for several).
+    #[arg(long, env = "CREDVEND_ROLE_ARN", required_unless_present = "bindings")]
+    pub role_arn: Option<String>,
+
+    /// Name of the binding the flags describe: the `binding` label of the metrics.
+    #[arg(long, env = "CREDVEND_BINDING_NAME", default_value = "default")]
+    pub binding_name: String,
+
+    /// One binding as a JSON plan (name, roleArn, duration, sessionName, tokenFile, audience,
+    /// and optionally region, stsEndpoint, policy, policyArns, chain). Repeat it for each
+    /// binding of the pod: the first is served at /v1/credentials, each at
+    /// /v1/credentials/<name>. Written by the webhook; replaces --role-arn and its flags.
+    #[arg(
+        long = "binding",
+        value_name = "JSON",
+        conflicts_with_all = ["role_arn", "session_name", "region", "sts_endpoint"]
+    )]
+    pub bindings: Vec<String>,
 
     /// Projected service-account token; re-read on every exchange because the kubelet rotates it.
     #[arg(
@@ -28,7 +46,9 @@ pub struct AgentArgs {
     )]
     pub token_file: PathBuf,
 
-    /// RoleSessionName shown in CloudTrail. Default: derived from POD_NAMESPACE and POD_NAME.
+    /// RoleSessionName shown in CloudTrail: a template over {namespace}, {pod},
+    /// {serviceAccount} and {binding} (from POD_NAMESPACE, POD_NAME, POD_SERVICE_ACCOUNT and
+    /// --binding-name). Default: {namespace}.{pod}.
     #[arg(long, env = "CREDVEND_SESSION_NAME")]
     pub session_name: Option<String>,
 

@@ -3,6 +3,7 @@
 //! Requests read the cache without locks or allocation beyond a reference count: the response
 //! body was rendered when the credentials arrived. The cache never answers with credentials
 //! past their expiry; it is the only place that decides whether something can be served.
+//! [`Caches`] holds one cache per binding of the pod, the first being the default one.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -43,6 +44,49 @@ impl CredentialCache {
     /// The credentials to serve at `now`, if any are still valid.
     pub fn valid_at(&self, now: SystemTime) -> Option<Arc<Cached>> {
         self.current.load_full().filter(|c| c.expiration > now)
+    }
+}
+
+/// The caches of every binding the agent serves, by name; the first is served at the plain
+/// credentials path. Fixed at start-up, so lookups need no lock.
+pub struct Caches {
+    entries: Vec<(String, Arc<CredentialCache>)>,
+}
+
+impl Caches {
+    /// `entries` in the order of the agent's bindings; `None` when there is none.
+    pub fn new(entries: Vec<(String, Arc<CredentialCache>)>) -> Option<Self> {
+        (!entries.is_empty()).then_some(Caches { entries })
+    }
+
+    /// One binding's cache as the only one.
+    pub fn single(name: &str, cache: Arc<CredentialCache>) -> Self {
+        Caches {
+            entries: vec![(name.to_owned(), cache)],
+        }
+    }
+
+    /// The default binding's cache.
+    pub fn default_cache(&self) -> &CredentialCache {
+        // `new` refuses an empty list.
+        &self.entries[0].1
+    }
+
+    /// The cache of the binding called `name`.
+    pub fn named(&self, name: &str) -> Option<&CredentialCache> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.as_ref())
+    }
+
+    /// The bindings whose cache holds nothing valid at `now` (empty: every binding can serve).
+    pub fn unavailable_at(&self, now: SystemTime) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(_, c)| c.valid_at(now).is_none())
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 }
 

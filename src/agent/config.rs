@@ -3,15 +3,21 @@
 //!
 //! Validation happens before anything touches the network, so a mistyped role ARN or a listen
 //! address that would expose credentials beyond the pod fails at start-up with a message that
-//! says what to fix. The rules shared with `AWSRoleBinding` (role ARNs, regions, STS endpoints,
-//! session durations) live in [`crate::aws`] and [`crate::duration`]; this file only names the
-//! flag in the message.
+//! says what to fix. Each binding comes as a [`BindingPlan`] (from `--binding`, or built from
+//! the single-binding flags) and becomes a [`BindingConfig`]: session names rendered from the
+//! pod's identity, the chaining rule applied to the durations. The rules shared with
+//! `AWSRoleBinding` (role ARNs, regions, STS endpoints, durations, session fields) live in
+//! [`crate::aws`], [`crate::duration`], [`crate::session_name`] and [`crate::sts_fields`]; this
+//! file only names the flag or binding in the message.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::args::AgentArgs;
-use super::sts::ExchangeRequest;
+use super::exchange::{ExchangeRequest, HopRequest, StepRequest, Trust};
+use crate::plan::{BindingPlan, HopPlan, step_durations};
+use crate::session_name::{self, Identity, TemplateError};
 
 /// Region used when neither the flag nor the environment names one: the global endpoint's.
 const FALLBACK_REGION: &str = "us-east-1";
@@ -19,55 +25,289 @@ const FALLBACK_REGION: &str = "us-east-1";
 /// The agent's settings after validation.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub exchange: ExchangeRequest,
-    pub region: String,
-    pub sts_endpoint: Option<String>,
+    /// Every binding the agent serves; the first is the default (`/v1/credentials`).
+    pub bindings: Vec<BindingConfig>,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub auth_token_file: PathBuf,
+}
+
+/// One binding, ready to run.
+#[derive(Debug, Clone)]
+pub struct BindingConfig {
+    pub name: String,
+    pub exchange: ExchangeRequest,
+    /// The lifetime of the served session (the chaining rule applied).
+    pub requested: Duration,
+    pub region: String,
+    pub sts_endpoint: Option<String>,
+    /// Where the copy of this binding's credentials goes.
     pub cache_file: PathBuf,
 }
 
 impl AgentConfig {
-    /// Validates `args`, reading the pod's name, namespace and region from the environment
-    /// values passed in (so this stays testable without touching the process environment).
+    /// Validates `args`, reading the pod's name, namespace, service account and region from the
+    /// environment values passed in (so this stays testable without touching the process
+    /// environment).
     pub fn from_args(
         args: &AgentArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        validate_role_arn(&args.role_arn)?;
         validate_listen(args.listen)?;
-        let session_name = session_name(
-            args.session_name.as_deref(),
-            env("POD_NAMESPACE").as_deref(),
-            env("POD_NAME").as_deref(),
-        )?;
-        let region = args
-            .region
-            .clone()
-            .or_else(|| env("AWS_REGION"))
+        let plans = plans(args)?;
+        let pod = PodIdentity {
+            namespace: nonempty_env(&env, "POD_NAMESPACE"),
+            pod: nonempty_env(&env, "POD_NAME"),
+            service_account: nonempty_env(&env, "POD_SERVICE_ACCOUNT"),
+        };
+        let env_region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| FALLBACK_REGION.to_owned());
-        validate_region(&region)?;
-        if let Some(url) = &args.sts_endpoint {
-            validate_sts_endpoint(url)?;
+            .filter(|r| !r.is_empty());
+        let mut bindings: Vec<BindingConfig> = Vec::with_capacity(plans.len());
+        for (index, plan) in plans.into_iter().enumerate() {
+            if bindings.iter().any(|b| b.name == plan.name) {
+                return Err(ConfigError::DuplicateBinding(plan.name));
+            }
+            let cache_file = cache_file_for(&args.cache_file, index, &plan.name);
+            bindings.push(binding_config(
+                plan,
+                &pod,
+                env_region.as_deref(),
+                cache_file,
+            )?);
         }
         Ok(AgentConfig {
-            exchange: ExchangeRequest {
-                role_arn: args.role_arn.clone(),
-                session_name,
-                duration: args.duration,
-                token_file: args.token_file.clone(),
-            },
-            region,
-            sts_endpoint: args.sts_endpoint.clone(),
+            bindings,
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             auth_token_file: args.auth_token_file.clone(),
-            cache_file: args.cache_file.clone(),
         })
     }
+}
+
+/// The first binding's copy is `--cache-file`; the others' go beside it, one file each.
+fn cache_file_for(first: &Path, index: usize, name: &str) -> PathBuf {
+    if index == 0 {
+        first.to_owned()
+    } else {
+        first.with_file_name(format!("credentials-{name}.json"))
+    }
+}
+
+/// What the downward API told the agent about its pod.
+struct PodIdentity {
+    namespace: Option<String>,
+    pod: Option<String>,
+    service_account: Option<String>,
+}
+
+fn nonempty_env(env: &impl Fn(&str) -> Option<String>, key: &str) -> Option<String> {
+    env(key)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The plans of `--binding`, or the one the single-binding flags describe.
+fn plans(args: &AgentArgs) -> Result<Vec<BindingPlan>, ConfigError> {
+    if !args.bindings.is_empty() {
+        return args
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, json)| {
+                serde_json::from_str(json).map_err(|e| ConfigError::BindingJson {
+                    index: i + 1,
+                    error: e.to_string(),
+                })
+            })
+            .collect();
+    }
+    let role_arn = args.role_arn.clone().ok_or(ConfigError::NoBinding)?;
+    let session_name = args
+        .session_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(session_name::DEFAULT_TEMPLATE);
+    Ok(vec![BindingPlan {
+        name: args.binding_name.clone(),
+        role_arn,
+        duration: crate::duration::format(args.duration),
+        session_name: session_name.to_owned(),
+        token_file: args.token_file.clone(),
+        audience: crate::crd::DEFAULT_AUDIENCE.to_owned(),
+        region: args.region.clone(),
+        sts_endpoint: args.sts_endpoint.clone(),
+        policy: None,
+        policy_arns: Vec::new(),
+        chain: Vec::new(),
+    }])
+}
+
+fn binding_config(
+    plan: BindingPlan,
+    pod: &PodIdentity,
+    env_region: Option<&str>,
+    cache_file: PathBuf,
+) -> Result<BindingConfig, ConfigError> {
+    let name = plan.name.clone();
+    let invalid = |field: String, problem: String| ConfigError::Binding {
+        binding: name.clone(),
+        field,
+        problem,
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    {
+        return Err(invalid(
+            "name".into(),
+            "must be a binding name (letters, digits, '-' and '.')".into(),
+        ));
+    }
+    validate_role_arn(&plan.role_arn)?;
+    let duration = crate::duration::parse_session_duration(&plan.duration)
+        .map_err(|e| invalid("duration".into(), e.to_string()))?;
+    let region = plan
+        .region
+        .clone()
+        .or_else(|| env_region.map(str::to_owned))
+        .unwrap_or_else(|| FALLBACK_REGION.to_owned());
+    validate_region(&region)?;
+    if let Some(url) = &plan.sts_endpoint {
+        validate_sts_endpoint(url)?;
+    }
+    let render = |field: String, template: &str| -> Result<String, ConfigError> {
+        render_session_name(template, pod, &name).map_err(|problem| invalid(field, problem))
+    };
+    let policy = |field: String, policy: &Option<String>| -> Result<Option<String>, ConfigError> {
+        policy
+            .as_deref()
+            .map(crate::sts_fields::compact_policy)
+            .transpose()
+            .map_err(|e| invalid(field, e.to_string()))
+    };
+    let arns = |field: String, arns: &[String]| {
+        crate::sts_fields::check_policy_arns(arns).map_err(|e| invalid(field, e.to_string()))
+    };
+    let steps = step_durations(duration, plan.chain.len());
+    let session_name = render("sessionName".into(), &plan.session_name)?;
+    arns("policyArns".into(), &plan.policy_arns)?;
+    // The binding's session policy narrows the served session: the last hop's, if any.
+    let served_policy = policy("policy".into(), &plan.policy)?;
+    let (first_policy, first_arns, last_policy, last_arns) = if plan.chain.is_empty() {
+        (served_policy, plan.policy_arns.clone(), None, Vec::new())
+    } else {
+        (None, Vec::new(), served_policy, plan.policy_arns.clone())
+    };
+    let first = StepRequest {
+        role_arn: plan.role_arn.clone(),
+        session_name: session_name.clone(),
+        duration: steps[0],
+        policy: first_policy,
+        policy_arns: first_arns,
+    };
+    let last = plan.chain.len();
+    let mut hops = Vec::with_capacity(last);
+    for (i, hop) in plan.chain.iter().enumerate() {
+        let field = |f: &str| format!("chain[{i}].{f}");
+        validate_role_arn(&hop.role_arn)?;
+        let mut step = StepRequest {
+            role_arn: hop.role_arn.clone(),
+            session_name: render(field("sessionName"), &hop.session_name)?,
+            duration: steps[i + 1],
+            policy: policy(field("policy"), &hop.policy)?,
+            policy_arns: hop.policy_arns.clone(),
+        };
+        arns(field("policyArns"), &hop.policy_arns)?;
+        if i + 1 == last {
+            if step.policy.is_none() {
+                step.policy.clone_from(&last_policy);
+            }
+            if step.policy_arns.is_empty() {
+                step.policy_arns.clone_from(&last_arns);
+            }
+        }
+        hops.push(hop_request(hop, step).map_err(|(f, problem)| invalid(field(f), problem))?);
+    }
+    let namespace = pod.namespace.as_deref().unwrap_or("<namespace>");
+    let service_account = pod
+        .service_account
+        .as_deref()
+        .unwrap_or("<service account>");
+    Ok(BindingConfig {
+        requested: crate::plan::served_duration(duration, last),
+        exchange: ExchangeRequest {
+            first,
+            token_file: plan.token_file.clone(),
+            hops,
+            trust: Trust {
+                subject: format!("system:serviceaccount:{namespace}:{service_account}"),
+                audience: plan.audience.clone(),
+            },
+        },
+        region,
+        sts_endpoint: plan.sts_endpoint,
+        cache_file,
+        name,
+    })
+}
+
+fn hop_request(hop: &HopPlan, step: StepRequest) -> Result<HopRequest, (&'static str, String)> {
+    use crate::sts_fields::{check_external_id, check_source_identity, check_tags};
+    if let Some(id) = &hop.external_id {
+        check_external_id(id).map_err(|e| ("externalId", e.to_string()))?;
+    }
+    let tags = hop.tags.iter().map(|t| (t.key.as_str(), t.value.as_str()));
+    check_tags(tags, &hop.transitive_tag_keys).map_err(|e| ("tags", e.to_string()))?;
+    if let Some(id) = &hop.source_identity {
+        check_source_identity(id).map_err(|e| ("sourceIdentity", e.to_string()))?;
+    }
+    Ok(HopRequest {
+        step,
+        external_id: hop.external_id.clone(),
+        tags: hop
+            .tags
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone()))
+            .collect(),
+        transitive_tag_keys: hop.transitive_tag_keys.clone(),
+        source_identity: hop.source_identity.clone(),
+    })
+}
+
+/// Renders a session name template, refusing one whose placeholders the environment cannot
+/// fill (rather than sending a name that would be the same for every pod).
+fn render_session_name(template: &str, pod: &PodIdentity, binding: &str) -> Result<String, String> {
+    let used = session_name::placeholders(template).map_err(|e: TemplateError| e.to_string())?;
+    let missing = |key: &str, env: &str| {
+        format!("uses {{{key}}} but {env} is not set (the webhook sets it from the downward API)")
+    };
+    let value = |v: &Option<String>, key: &str, env: &str| -> Result<String, String> {
+        match v {
+            Some(v) => Ok(v.clone()),
+            None if used.contains(&key) => Err(missing(key, env)),
+            None => Ok(String::new()),
+        }
+    };
+    let namespace = value(&pod.namespace, "namespace", "POD_NAMESPACE")?;
+    let pod_name = value(&pod.pod, "pod", "POD_NAME")?;
+    let service_account = value(
+        &pod.service_account,
+        "serviceAccount",
+        "POD_SERVICE_ACCOUNT",
+    )?;
+    session_name::render(
+        template,
+        &Identity {
+            namespace: &namespace,
+            pod: &pod_name,
+            service_account: &service_account,
+            binding,
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A configuration mistake, reported before the agent starts.
@@ -81,10 +321,18 @@ pub enum ConfigError {
         "--listen {0} is not a loopback address; the credentials endpoint must stay inside the pod (use 127.0.0.1:<port> or [::1]:<port>)"
     )]
     ListenNotLoopback(SocketAddr),
-    #[error(
-        "no session name: set --session-name, or POD_NAMESPACE and POD_NAME (the webhook sets both)"
-    )]
-    NoSessionName,
+    #[error("no binding: give --role-arn, or one --binding per binding")]
+    NoBinding,
+    #[error("--binding number {index} is not a binding plan: {error}")]
+    BindingJson { index: usize, error: String },
+    #[error("binding {0:?} is given twice")]
+    DuplicateBinding(String),
+    #[error("binding {binding:?}: {field} {problem}")]
+    Binding {
+        binding: String,
+        field: String,
+        problem: String,
+    },
     #[error(
         "--sts-endpoint {url:?} {why}; use an https URL (plain http only to 127.0.0.1 or [::1])"
     )]
@@ -102,46 +350,6 @@ pub fn validate_role_arn(arn: &str) -> Result<(), ConfigError> {
         arn: arn.to_owned(),
         why,
     })
-}
-
-/// Turns any string into a valid STS RoleSessionName: characters outside `[\w+=,.@-]` become
-/// `-`, the result is cut to 64 characters and padded to the minimum of 2.
-///
-/// The name is derived from the pod, not from time, so it stays the same across refreshes and
-/// CloudTrail shows one session per pod.
-pub fn sanitize_session_name(raw: &str) -> String {
-    let mut name: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    while name.len() < 2 {
-        name.push('-');
-    }
-    name
-}
-
-/// The session name to use: the flag if given, else `<namespace>.<pod>` from the downward API.
-pub fn session_name(
-    flag: Option<&str>,
-    namespace: Option<&str>,
-    pod: Option<&str>,
-) -> Result<String, ConfigError> {
-    match (nonempty(flag), nonempty(namespace), nonempty(pod)) {
-        (Some(name), _, _) => Ok(sanitize_session_name(name)),
-        (None, Some(ns), Some(pod)) => Ok(sanitize_session_name(&format!("{ns}.{pod}"))),
-        _ => Err(ConfigError::NoSessionName),
-    }
-}
-
-fn nonempty(s: Option<&str>) -> Option<&str> {
-    s.map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Refuses listen addresses that are reachable from outside the pod.
@@ -210,42 +418,6 @@ mod tests {
         }
         let long = format!("arn:aws:iam::111122223333:role/{}", "a".repeat(65));
         assert!(validate_role_arn(&long).is_err());
-    }
-
-    #[test]
-    fn session_names_are_sanitized_to_sts_charset_and_length() {
-        let cases = [
-            ("team-a.web-7d9f", "team-a.web-7d9f"),
-            ("team a/web:1", "team-a-web-1"),
-            ("x", "x-"),
-            ("", "--"),
-            ("ünïcode", "-n-code"),
-            ("a+b=c,d.e@f_g", "a+b=c,d.e@f_g"),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(sanitize_session_name(raw), want, "{raw:?}");
-        }
-        assert_eq!(sanitize_session_name(&"p".repeat(100)).len(), 64);
-    }
-
-    #[test]
-    fn session_name_comes_from_the_flag_or_the_pod() {
-        assert_eq!(
-            session_name(Some("mine"), Some("ns"), Some("p")).as_deref(),
-            Ok("mine")
-        );
-        assert_eq!(
-            session_name(None, Some("team-a"), Some("web-0")).as_deref(),
-            Ok("team-a.web-0")
-        );
-        assert_eq!(
-            session_name(Some("  "), Some("ns"), Some("p")).as_deref(),
-            Ok("ns.p")
-        );
-        assert_eq!(
-            session_name(None, Some("ns"), None),
-            Err(ConfigError::NoSessionName)
-        );
     }
 
     #[test]
@@ -324,9 +496,11 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(cfg.exchange.session_name, "team-a.web-0");
-        assert_eq!(cfg.region, "eu-west-1");
-        assert_eq!(cfg.exchange.duration.as_secs(), 3600);
+        let binding = &cfg.bindings[0];
+        assert_eq!(binding.name, "default");
+        assert_eq!(binding.exchange.first.session_name, "team-a.web-0");
+        assert_eq!(binding.region, "eu-west-1");
+        assert_eq!(binding.exchange.first.duration.as_secs(), 3600);
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:9911");
         assert_eq!(cfg.metrics_listen.to_string(), "0.0.0.0:9912");
         assert_eq!(
@@ -334,7 +508,7 @@ mod tests {
             Some("/var/run/credvend/auth/token")
         );
         assert_eq!(
-            cfg.exchange.token_file.to_str(),
+            binding.exchange.token_file.to_str(),
             Some("/var/run/secrets/credvend.io/serviceaccount/token")
         );
     }
@@ -365,7 +539,7 @@ mod tests {
             "s",
         ]);
         assert_eq!(
-            AgentConfig::from_args(&args, env(&[])).unwrap().region,
+            AgentConfig::from_args(&args, env(&[])).unwrap().bindings[0].region,
             "us-east-1"
         );
         let bad = parse(&["--role-arn", "nope", "--session-name", "s"]);
@@ -397,5 +571,145 @@ mod tests {
             let err = with(other).unwrap_err();
             assert!(err.contains("is not a duration"), "{other}: {err}");
         }
+    }
+
+    #[test]
+    fn session_name_flag_is_a_template_filled_from_the_pod() {
+        let with = |flag: Option<&str>, pairs: &[(&str, &str)]| {
+            let mut argv = vec!["--role-arn", "arn:aws:iam::111122223333:role/r"];
+            if let Some(flag) = flag {
+                argv.extend(["--session-name", flag]);
+            }
+            AgentConfig::from_args(&parse(&argv), env(pairs))
+                .map(|c| c.bindings[0].exchange.first.session_name.clone())
+        };
+        let pod = [
+            ("POD_NAMESPACE", "ns"),
+            ("POD_NAME", "p"),
+            ("POD_SERVICE_ACCOUNT", "app"),
+        ];
+        assert_eq!(with(Some("mine"), &[]).as_deref(), Ok("mine"));
+        assert_eq!(with(None, &pod).as_deref(), Ok("ns.p"));
+        assert_eq!(with(Some("  "), &pod).as_deref(), Ok("ns.p"));
+        assert_eq!(
+            with(Some("{serviceAccount}@{binding}"), &pod).as_deref(),
+            Ok("app@default")
+        );
+        let err = with(None, &[("POD_NAMESPACE", "ns")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("{pod}") && err.contains("POD_NAME"), "{err}");
+        let err = with(Some("{podname}"), &pod).unwrap_err().to_string();
+        assert!(err.contains("not a placeholder"), "{err}");
+    }
+
+    fn plan_json(name: &str, chain: serde_json::Value) -> String {
+        serde_json::json!({
+            "name": name,
+            "roleArn": "arn:aws:iam::111122223333:role/first",
+            "duration": "2h",
+            "sessionName": "{namespace}.{pod}",
+            "tokenFile": "/t",
+            "audience": "sts.amazonaws.com",
+            "policy": "{ \"Statement\": {\"Effect\": \"Allow\", \"Action\": \"s3:*\", \"Resource\": \"*\"} }",
+            "policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+            "chain": chain,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn binding_plans_become_bindings_with_the_chaining_rule_applied() {
+        let chain = serde_json::json!([
+            {"roleArn": "arn:aws:iam::444455556666:role/second", "sessionName": "{binding}", "externalId": "ext-1"},
+            {"roleArn": "arn:aws:iam::777788889999:role/third", "sessionName": "{pod}",
+             "tags": [{"key": "team", "value": "a"}], "transitiveTagKeys": ["team"]}
+        ]);
+        let args = parse(&[
+            "--binding",
+            &plan_json("s3", chain),
+            "--binding",
+            &plan_json("queue", serde_json::json!([])),
+        ]);
+        let pod = env(&[
+            ("POD_NAMESPACE", "ns"),
+            ("POD_NAME", "p"),
+            ("POD_SERVICE_ACCOUNT", "app"),
+        ]);
+        let cfg = AgentConfig::from_args(&args, pod).unwrap();
+        let [chained, plain] = cfg.bindings.as_slice() else {
+            panic!("two bindings")
+        };
+        let minutes = |d: Duration| d.as_secs() / 60;
+        assert_eq!(
+            chained.requested,
+            Duration::from_secs(3600),
+            "clamped to 1h"
+        );
+        let ex = &chained.exchange;
+        assert_eq!(minutes(ex.first.duration), 15);
+        assert_eq!(
+            ex.first.policy, None,
+            "the policy narrows the served session only"
+        );
+        assert_eq!(ex.hops[0].step.session_name, "s3");
+        assert_eq!(ex.hops[0].external_id.as_deref(), Some("ext-1"));
+        assert_eq!(minutes(ex.hops[0].step.duration), 15);
+        assert_eq!(ex.hops[1].step.session_name, "p-");
+        assert_eq!(minutes(ex.hops[1].step.duration), 60);
+        let policy = ex.hops[1].step.policy.as_deref().unwrap();
+        assert!(!policy.contains(' '), "compact: {policy}");
+        let policy: serde_json::Value = serde_json::from_str(policy).unwrap();
+        assert_eq!(policy["Statement"]["Action"], "s3:*");
+        assert_eq!(ex.hops[1].step.policy_arns.len(), 1);
+        assert_eq!(ex.trust.subject, "system:serviceaccount:ns:app");
+        assert_eq!(plain.requested, Duration::from_secs(7200));
+        assert!(plain.exchange.first.policy.is_some());
+        assert_eq!(chained.cache_file.file_name().unwrap(), "credentials.json");
+        assert_eq!(
+            plain.cache_file.file_name().unwrap(),
+            "credentials-queue.json"
+        );
+    }
+
+    #[test]
+    fn bad_binding_plans_are_refused_with_the_binding_named() {
+        let pod = || env(&[("POD_NAMESPACE", "ns"), ("POD_NAME", "p")]);
+        let cases = [
+            (
+                vec![
+                    plan_json("s3", serde_json::json!([])),
+                    plan_json("s3", serde_json::json!([])),
+                ],
+                "given twice",
+            ),
+            (vec!["{".to_owned()], "--binding number 1"),
+            (
+                vec![plan_json(
+                    "s3",
+                    serde_json::json!([{"roleArn": "arn:aws:iam::444455556666:role/x", "sessionName": "s", "tags": [{"key": "aws:x", "value": "v"}]}]),
+                )],
+                "chain[0].tags",
+            ),
+        ];
+        for (bindings, words) in cases {
+            let mut argv = Vec::new();
+            for b in &bindings {
+                argv.extend(["--binding", b.as_str()]);
+            }
+            let err = AgentConfig::from_args(&parse(&argv), pod())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(words), "{words:?} in {err}");
+        }
+        // --binding and --role-arn describe the same thing twice.
+        let both = Cli::try_parse_from([
+            "agent",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/r",
+            "--binding",
+            "{}",
+        ]);
+        assert!(both.is_err());
     }
 }

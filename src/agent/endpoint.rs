@@ -1,5 +1,8 @@
 //! The container-credentials endpoint's decision: request in, response out, no I/O.
 //!
+//! `/v1/credentials` serves the pod's default binding and `/v1/credentials/<binding>` each
+//! binding the agent serves (a pod whose containers use different roles).
+//!
 //! The order of checks is path, method, authorization, then availability, so a caller learns
 //! about its own mistake (wrong URL, wrong method, missing token) before anything about the
 //! credentials. Every error is JSON `{"code","message"}` with `Content-Type: application/json`
@@ -13,10 +16,31 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::auth::AuthToken;
-use super::cache::CredentialCache;
+use super::cache::{Caches, CredentialCache};
 
-/// The only path that serves credentials.
+/// The path of the default binding's credentials; `<this>/<binding>` serves the others.
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+
+/// The path of `binding`'s credentials.
+pub fn binding_path(binding: &str) -> String {
+    format!("{CREDENTIALS_PATH}/{binding}")
+}
+
+/// The cache a path names: the default for [`CREDENTIALS_PATH`], a named binding's below it.
+fn route<'c>(path: &str, caches: &'c Caches) -> Result<&'c CredentialCache, String> {
+    if path == CREDENTIALS_PATH {
+        return Ok(caches.default_cache());
+    }
+    let unknown = || format!("no such path; credentials are served at {CREDENTIALS_PATH}");
+    let name = path
+        .strip_prefix(CREDENTIALS_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+        .ok_or_else(unknown)?;
+    caches.named(name).ok_or_else(|| {
+        format!("this agent serves no binding named {name:?}; the default binding is at {CREDENTIALS_PATH}")
+    })
+}
 
 /// The parts of a request the decision depends on.
 #[derive(Debug, Clone, Copy)]
@@ -46,16 +70,13 @@ impl<'a> EndpointRequest<'a> {
 pub fn respond(
     req: EndpointRequest<'_>,
     auth: &AuthToken,
-    cache: &CredentialCache,
+    caches: &Caches,
     now: SystemTime,
 ) -> Response<Full<Bytes>> {
-    if req.path != CREDENTIALS_PATH {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("no such path; credentials are served at {CREDENTIALS_PATH}"),
-        );
-    }
+    let cache = match route(req.path, caches) {
+        Ok(cache) => cache,
+        Err(message) => return error(StatusCode::NOT_FOUND, "NotFound", &message),
+    };
     if req.method != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -113,6 +134,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
     use http_body_util::BodyExt;
@@ -127,17 +149,25 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
-    fn filled_cache() -> CredentialCache {
+    fn filled() -> Arc<CredentialCache> {
         let cache = CredentialCache::default();
         cache.store(Cached::new(&sample(now() + Duration::from_secs(3600))));
-        cache
+        Arc::new(cache)
+    }
+
+    fn filled_cache() -> Caches {
+        Caches::single("s3", filled())
+    }
+
+    fn only(cache: CredentialCache) -> Caches {
+        Caches::single("s3", Arc::new(cache))
     }
 
     async fn call(
         method: Method,
         path: &str,
         authz: Option<&str>,
-        cache: &CredentialCache,
+        cache: &Caches,
     ) -> (StatusCode, serde_json::Value, http::HeaderMap) {
         let req = EndpointRequest {
             method: &method,
@@ -219,14 +249,46 @@ mod tests {
 
     #[tokio::test]
     async fn answers_503_when_nothing_valid_is_cached() {
-        let empty = CredentialCache::default();
+        let empty = only(CredentialCache::default());
         let (status, body, _) = call(Method::GET, CREDENTIALS_PATH, Some(TOKEN), &empty).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["code"], "CredentialsUnavailable");
 
         let expired = CredentialCache::default();
         expired.store(Cached::new(&sample(now())));
-        let (status, _, _) = call(Method::GET, CREDENTIALS_PATH, Some(TOKEN), &expired).await;
+        let (status, _, _) = call(Method::GET, CREDENTIALS_PATH, Some(TOKEN), &only(expired)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn each_binding_is_served_at_its_own_path() {
+        let waiting = Arc::new(CredentialCache::default());
+        let caches = Caches::new(vec![
+            ("s3".into(), filled()),
+            ("queue-reader".into(), waiting.clone()),
+        ])
+        .unwrap();
+        let (status, _, _) = call(Method::GET, CREDENTIALS_PATH, Some(TOKEN), &caches).await;
+        assert_eq!(status, StatusCode::OK, "the default binding");
+        let (status, _, _) = call(Method::GET, &binding_path("s3"), Some(TOKEN), &caches).await;
+        assert_eq!(status, StatusCode::OK, "the default binding by name");
+        let queue = binding_path("queue-reader");
+        let (status, body, _) = call(Method::GET, &queue, Some(TOKEN), &caches).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        waiting.store(Cached::new(&sample(now() + Duration::from_secs(60))));
+        let (status, _, _) = call(Method::GET, &queue, Some(TOKEN), &caches).await;
+        assert_eq!(status, StatusCode::OK);
+        for path in [
+            "/v1/credentials/other",
+            "/v1/credentials/s3/x",
+            "/v1/credentialss3",
+        ] {
+            let (status, body, _) = call(Method::GET, path, Some(TOKEN), &caches).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(body["code"], "NotFound");
+        }
+        // Authorization is checked for named paths too.
+        let (status, _, _) = call(Method::GET, &queue, None, &caches).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 }

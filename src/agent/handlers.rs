@@ -17,7 +17,7 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 
 use super::auth::AuthToken;
-use super::cache::CredentialCache;
+use super::cache::Caches;
 use super::endpoint;
 use super::metrics::AgentMetrics;
 
@@ -57,10 +57,10 @@ pub async fn serve_sync(
 }
 
 /// The loopback credentials endpoint, counting every answer by status.
-pub fn credentials(auth: AuthToken, cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
+pub fn credentials(auth: AuthToken, caches: Arc<Caches>, metrics: AgentMetrics) -> Handler {
     Arc::new(move |parts| {
         let req = endpoint::EndpointRequest::from_parts(parts);
-        let resp = endpoint::respond(req, &auth, &cache, SystemTime::now());
+        let resp = endpoint::respond(req, &auth, &caches, SystemTime::now());
         metrics
             .endpoint_requests
             .with_label_values(&[resp.status().as_str()])
@@ -70,12 +70,12 @@ pub fn credentials(auth: AuthToken, cache: Arc<CredentialCache>, metrics: AgentM
 }
 
 /// The metrics and health port.
-pub fn health(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
+pub fn health(caches: Arc<Caches>, metrics: AgentMetrics) -> Handler {
     Arc::new(move |parts| {
         health_response(
             &parts.method,
             parts.uri.path(),
-            &cache,
+            &caches,
             SystemTime::now(),
             || crate::server::metrics_page(&metrics.registry),
         )
@@ -83,11 +83,12 @@ pub fn health(cache: Arc<CredentialCache>, metrics: AgentMetrics) -> Handler {
 }
 
 /// The health port's decision: unknown path → 404, a method other than GET or HEAD → 405,
-/// readiness from the cache at `now`. `metrics_page` renders `/metrics` only when asked for.
+/// ready when every binding's cache holds valid credentials at `now` (the startup probe holds
+/// the apps back until then). `metrics_page` renders `/metrics` only when asked for.
 pub fn health_response(
     method: &Method,
     path: &str,
-    cache: &CredentialCache,
+    caches: &Caches,
     now: SystemTime,
     metrics_page: impl FnOnce() -> Response<Full<Bytes>>,
 ) -> Response<Full<Bytes>> {
@@ -109,11 +110,14 @@ pub fn health_response(
     match path {
         "/metrics" => metrics_page(),
         "/healthz/live" => crate::server::plain(StatusCode::OK, "ok"),
-        _ => match cache.valid_at(now) {
-            Some(_) => crate::server::plain(StatusCode::OK, "ready"),
-            None => crate::server::plain(
+        _ => match caches.unavailable_at(now).as_slice() {
+            [] => crate::server::plain(StatusCode::OK, "ready"),
+            waiting => crate::server::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no valid credentials cached",
+                format!(
+                    "not ready: no valid credentials cached for binding {}",
+                    waiting.join(", ")
+                ),
             ),
         },
     }
@@ -124,19 +128,23 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::agent::cache::Cached;
+    use crate::agent::cache::{Cached, CredentialCache};
     use crate::agent::credentials::tests::sample;
 
-    fn answer(method: Method, path: &str, cache: &CredentialCache) -> Response<Full<Bytes>> {
+    fn answer(method: Method, path: &str, cache: &Arc<CredentialCache>) -> Response<Full<Bytes>> {
+        answer_all(method, path, &Caches::single("s3", cache.clone()))
+    }
+
+    fn answer_all(method: Method, path: &str, caches: &Caches) -> Response<Full<Bytes>> {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        health_response(&method, path, cache, now, || {
+        health_response(&method, path, caches, now, || {
             crate::server::plain(StatusCode::OK, "metrics")
         })
     }
 
     #[test]
     fn health_port_answers_only_get_and_head() {
-        let cache = CredentialCache::default();
+        let cache = Arc::new(CredentialCache::default());
         cache.store(Cached::new(&sample(
             UNIX_EPOCH + Duration::from_secs(5_000),
         )));
@@ -165,12 +173,32 @@ mod tests {
 
     #[test]
     fn readiness_follows_the_cache() {
-        let cache = CredentialCache::default();
+        let cache = Arc::new(CredentialCache::default());
         assert_eq!(answer(Method::GET, "/healthz/ready", &cache).status(), 503);
         assert_eq!(answer(Method::GET, "/healthz/live", &cache).status(), 200);
         cache.store(Cached::new(&sample(
             UNIX_EPOCH + Duration::from_secs(5_000),
         )));
         assert_eq!(answer(Method::GET, "/healthz/ready", &cache).status(), 200);
+    }
+
+    #[test]
+    fn ready_only_when_every_binding_has_credentials() {
+        let first = Arc::new(CredentialCache::default());
+        let second = Arc::new(CredentialCache::default());
+        let caches = Caches::new(vec![
+            ("s3".into(), first.clone()),
+            ("queue".into(), second.clone()),
+        ])
+        .unwrap();
+        let valid = || Cached::new(&sample(UNIX_EPOCH + Duration::from_secs(5_000)));
+        first.store(valid());
+        let resp = answer_all(Method::GET, "/healthz/ready", &caches);
+        assert_eq!(resp.status(), 503);
+        second.store(valid());
+        assert_eq!(
+            answer_all(Method::GET, "/healthz/ready", &caches).status(),
+            200
+        );
     }
 }

@@ -3,13 +3,15 @@
 //! Start-up validates the flags, prepares the authorization token file, restores the
 //! credentials a previous run of the sidecar left in the cache file, and binds both listeners
 //! before anything else, so mistakes fail fast with a clear message. Then three tasks run until
-//! SIGTERM: the refresher (the only STS caller), the loopback credentials endpoint, and the
-//! metrics/health server. Readiness is true only while valid credentials are cached, which is
-//! what holds back the pod's app containers (the sidecar's startupProbe).
+//! SIGTERM: one refresher per binding of the pod (the only STS callers), the loopback
+//! credentials endpoint, and the metrics/health server. Readiness is true only while every
+//! binding has valid credentials cached, which is what holds back the pod's app containers
+//! (the sidecar's startupProbe).
 //!
 //! This file is only that wiring. Modules: `args` (the flags), `config` (`AgentConfig`, the
-//! validated settings), `token` (projected token), `auth` (endpoint token), `sts` (the
-//! exchange and its production adapter), `schedule` (when to renew, pure), `refresh` (the
+//! validated settings), `token` (projected token), `auth` (endpoint token), `sts` (the STS
+//! client and its error codes), `exchange` (the exchange and the chain of AssumeRole hops),
+//! `schedule` (when to renew, pure), `refresh` (the
 //! loop), `cache` (what is served), `persist` (its copy for restarts), `credentials` (the
 //! served document), `endpoint` (request → response, pure), `handlers` (the two listeners),
 //! `metrics`. Serving itself is the crate's shared [`server`](crate::server).
@@ -20,6 +22,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod endpoint;
+pub mod exchange;
 pub mod handlers;
 pub mod metrics;
 pub mod persist;
@@ -33,9 +36,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use self::cache::{Cached, CredentialCache};
-use self::config::{AgentConfig, ConfigError};
-use self::metrics::{AgentMetrics, unix_seconds};
+use self::cache::{Cached, Caches, CredentialCache};
+use self::config::{AgentConfig, BindingConfig, ConfigError};
+use self::metrics::{AgentMetrics, BindingMetrics, unix_seconds};
 use self::persist::CredentialStore;
 use self::refresh::Refresher;
 
@@ -61,54 +64,69 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let cfg = AgentConfig::from_args(&args, |k| std::env::var(k).ok())?;
     let (auth, reused) = auth::load_or_create(&cfg.auth_token_file)?;
     let metrics = AgentMetrics::new()?;
-    let cache = Arc::new(CredentialCache::default());
     let creds_listener = crate::server::bind(cfg.listen, "credentials endpoint").await?;
     let metrics_listener = crate::server::bind(cfg.metrics_listen, "metrics").await?;
     tracing::info!(
-        role_arn = %cfg.exchange.role_arn,
-        session_name = %cfg.exchange.session_name,
-        duration = %crate::duration::format(cfg.exchange.duration),
-        region = %cfg.region,
-        sts_endpoint = cfg.sts_endpoint.as_deref().unwrap_or("regional default"),
+        bindings = cfg.bindings.len(),
         listen = %cfg.listen,
         metrics_listen = %cfg.metrics_listen,
         auth_token_file = %cfg.auth_token_file.display(),
         auth_token_reused = reused,
-        cache_file = %cfg.cache_file.display(),
         "credvend agent starting"
     );
     // Formats the endpoint token's Debug (redacted) on purpose: the tests run at debug level
     // and check that the token never reaches the log this way.
     tracing::debug!(auth_token = ?auth, "endpoint authorization token ready");
 
-    let store = CredentialStore::open(
-        &cfg.cache_file,
-        &cfg.exchange.role_arn,
-        &cfg.exchange.session_name,
-    );
-    let restored = restore(store.as_ref(), &cfg, &cache, &metrics);
-    let first_refresh = schedule::first_refresh_delay(
-        cfg.exchange.duration,
-        restored,
-        refresh::os_unit() * 2.0 - 1.0,
-    );
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    let client = sts::client(cfg.region.clone(), cfg.sts_endpoint.clone()).await;
-    let refresher = Refresher {
-        exchanger: sts::StsExchanger {
-            client,
-            request: cfg.exchange.clone(),
-        },
-        requested: cfg.exchange.duration,
-        cache: cache.clone(),
-        metrics: metrics.clone(),
-        store,
-        unit: refresh::os_unit,
-    };
-    let refresher = tokio::spawn(refresher.run(first_refresh, stop_rx.clone()));
+    let mut clients: Vec<((String, Option<String>), aws_sdk_sts::Client)> = Vec::new();
+    let mut entries = Vec::with_capacity(cfg.bindings.len());
+    let mut tasks = Vec::with_capacity(cfg.bindings.len() + 2);
+    for binding in cfg.bindings {
+        log_binding(&binding);
+        let key = (binding.region.clone(), binding.sts_endpoint.clone());
+        let client = match clients.iter().find(|(k, _)| *k == key) {
+            Some((_, client)) => client.clone(),
+            None => {
+                let client = sts::client(key.0.clone(), key.1.clone()).await;
+                clients.push((key, client.clone()));
+                client
+            }
+        };
+        let cache = Arc::new(CredentialCache::default());
+        let binding_metrics = metrics.for_binding(&binding.name);
+        let served = binding.exchange.served();
+        let served_call = exchange::Call {
+            step: binding.exchange.hops.len(),
+            role_arn: served.role_arn.clone(),
+        };
+        let store =
+            CredentialStore::open(&binding.cache_file, &served.role_arn, &served.session_name);
+        let restored = restore(store.as_ref(), &binding, &cache, &binding_metrics);
+        let first_refresh = schedule::first_refresh_delay(
+            binding.requested,
+            restored,
+            refresh::os_unit() * 2.0 - 1.0,
+        );
+        let refresher = Refresher {
+            binding: binding.name.clone(),
+            exchanger: exchange::StsExchanger {
+                client,
+                request: binding.exchange,
+            },
+            requested: binding.requested,
+            cache: cache.clone(),
+            metrics: binding_metrics,
+            store,
+            unit: refresh::os_unit,
+            served_call,
+        };
+        tasks.push(tokio::spawn(refresher.run(first_refresh, stop_rx.clone())));
+        entries.push((binding.name, cache));
+    }
+    let caches = Arc::new(Caches::new(entries).ok_or(ConfigError::NoBinding)?);
     let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
-    let creds_server = tokio::spawn(handlers::serve_sync(
+    tasks.push(tokio::spawn(handlers::serve_sync(
         creds_listener,
         crate::server::Port {
             name: "credentials",
@@ -116,10 +134,10 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             tls: None,
             metrics: server_metrics.clone(),
         },
-        handlers::credentials(auth, cache.clone(), metrics.clone()),
+        handlers::credentials(auth, caches.clone(), metrics.clone()),
         crate::server::stopped(stop_rx.clone()),
-    ));
-    let health_server = tokio::spawn(handlers::serve_sync(
+    )));
+    tasks.push(tokio::spawn(handlers::serve_sync(
         metrics_listener,
         crate::server::Port {
             name: "health",
@@ -127,16 +145,16 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             tls: None,
             metrics: server_metrics,
         },
-        handlers::health(cache, metrics),
+        handlers::health(caches, metrics),
         crate::server::stopped(stop_rx),
-    ));
+    )));
 
     crate::server::termination_signal()
         .await
         .map_err(AgentError::Signal)?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    for task in [refresher, creds_server, health_server] {
+    for task in tasks {
         if let Err(err) = task.await {
             tracing::warn!(error = %err, "a task ended abnormally during shutdown");
         }
@@ -144,18 +162,43 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// One line per binding: what it asks STS for, without anything secret.
+fn log_binding(binding: &BindingConfig) {
+    let chain: Vec<&str> = binding
+        .exchange
+        .hops
+        .iter()
+        .map(|h| h.step.role_arn.as_str())
+        .collect();
+    let served = binding.exchange.served();
+    tracing::info!(
+        binding = %binding.name,
+        role_arn = %binding.exchange.first.role_arn,
+        chain = ?chain,
+        session_name = %served.session_name,
+        duration = %crate::duration::format(binding.requested),
+        region = %binding.region,
+        sts_endpoint = binding.sts_endpoint.as_deref().unwrap_or("regional default"),
+        session_policy = served.policy.is_some(),
+        session_policy_arns = served.policy_arns.len(),
+        cache_file = %binding.cache_file.display(),
+        "serving binding"
+    );
+}
+
 /// Puts the credentials of the cache file, when usable, in the cache; returns their remaining
 /// lifetime. Anything unusable is logged (never its contents), counted and left for the next
 /// successful refresh to overwrite.
 fn restore(
     store: Option<&CredentialStore>,
-    cfg: &AgentConfig,
+    binding: &BindingConfig,
     cache: &CredentialCache,
-    metrics: &AgentMetrics,
+    metrics: &BindingMetrics,
 ) -> Option<Duration> {
     let Some(store) = store else {
         tracing::warn!(
-            cache_file = %cfg.cache_file.display(),
+            binding = %binding.name,
+            cache_file = %binding.cache_file.display(),
             "the cache file's directory does not exist: credentials are kept in memory only, and a restarted agent waits for STS"
         );
         return None;
@@ -172,6 +215,7 @@ fn restore(
                 .set(unix_seconds(restored.obtained_at));
             cache.store(Cached::new(&restored.credentials));
             tracing::info!(
+                binding = %binding.name,
                 expires_in = %humantime::format_duration(Duration::from_secs(remaining.as_secs())),
                 "serving the credentials a previous run of the agent obtained"
             );
@@ -179,11 +223,8 @@ fn restore(
         }
         Ok(None) => None,
         Err(err) => {
-            metrics
-                .cache_file_errors
-                .with_label_values(&[err.reason()])
-                .inc();
-            tracing::warn!(error = %err, "ignoring the credentials cache file");
+            metrics.cache_file_error(err.reason());
+            tracing::warn!(binding = %binding.name, error = %err, "ignoring the credentials cache file");
             None
         }
     }

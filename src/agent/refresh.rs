@@ -15,10 +15,11 @@ use tokio::sync::watch;
 
 use super::cache::{Cached, CredentialCache};
 use super::credentials::format_expiration;
-use super::metrics::{AgentMetrics, unix_seconds};
+use super::exchange::{Call, ExchangeError, Exchanged};
+use super::metrics::{BindingMetrics, unix_seconds};
 use super::persist::CredentialStore;
 use super::schedule::{arrived_expired, backoff_delay, permanent_failure_delay, renewal_delay};
-use super::sts::{ExchangeError, Exchanged, StsErrorCode};
+use super::sts::StsErrorCode;
 use super::token::{TokenFreshness, freshness};
 
 /// Something that can produce fresh credentials: STS in production, a script in tests.
@@ -39,16 +40,24 @@ pub fn os_unit() -> f64 {
     }
 }
 
-/// Everything the refresher works with.
+/// Above this PackedPolicySize (percent) the agent warns: a few more tags or policy
+/// characters and STS refuses the call with PackedPolicyTooLarge.
+pub const PACKED_POLICY_WARNING_PERCENT: i32 = 90;
+
+/// Everything the refresher of one binding works with.
 pub struct Refresher<E> {
+    /// The binding, for log lines.
+    pub binding: String,
     pub exchanger: E,
     /// The session length asked of STS (the lifetime renewals are planned for).
     pub requested: Duration,
     pub cache: Arc<CredentialCache>,
-    pub metrics: AgentMetrics,
+    pub metrics: BindingMetrics,
     /// Where a copy of every new set of credentials goes; `None` keeps them in memory only.
     pub store: Option<CredentialStore>,
     pub unit: JitterSource,
+    /// The call whose credentials are served, named when they arrive expired.
+    pub served_call: Call,
 }
 
 impl<E: Exchange> Refresher<E> {
@@ -78,6 +87,7 @@ impl<E: Exchange> Refresher<E> {
                     failures = 0;
                     let delay = renewal_delay(self.requested, remaining, (self.unit)() * 2.0 - 1.0);
                     tracing::info!(
+                        binding = %self.binding,
                         next_refresh_in = %humantime::format_duration(round_secs(delay)),
                         "credentials refreshed"
                     );
@@ -95,6 +105,7 @@ impl<E: Exchange> Refresher<E> {
                     failures = failures.saturating_add(1);
                     let serving = self.cache.valid_at(SystemTime::now()).is_some();
                     tracing::warn!(
+                        binding = %self.binding,
                         error = %err,
                         attempt = failures,
                         retry_in = %humantime::format_duration(round_millis(delay)),
@@ -117,16 +128,24 @@ impl<E: Exchange> Refresher<E> {
             .refresh_duration
             .observe(started.elapsed().as_secs_f64());
         let now = SystemTime::now();
-        let result = result.and_then(|ex| reject_expired(ex, now));
+        let result = result.and_then(|ex| reject_expired(ex, now, &self.served_call));
         match result {
             Ok(ex) => {
-                metrics.refresh_total.with_label_values(&["success"]).inc();
+                metrics.refresh("success");
                 metrics.last_refresh_success.set(unix_seconds(now));
                 metrics
                     .credentials_expiration
                     .set(unix_seconds(ex.credentials.expiration));
-                if let Some(p) = ex.packed_policy_size {
-                    metrics.packed_policy_size.set(f64::from(p));
+                for &(hop, percent) in &ex.packed_policy_sizes {
+                    metrics.packed_policy_size(hop, percent);
+                    if percent > PACKED_POLICY_WARNING_PERCENT {
+                        tracing::warn!(
+                            binding = %self.binding,
+                            hop,
+                            packed_policy_size_percent = percent,
+                            "the session policies and tags of this step use over 90% of what STS can pack; shorten them or STS will refuse the call with PackedPolicyTooLarge (hop 0 is the web-identity exchange)"
+                        );
+                    }
                 }
                 note_token_expiry(ex.token_expires_at, now, metrics);
                 let remaining = ex.credentials.remaining(now);
@@ -137,23 +156,16 @@ impl<E: Exchange> Refresher<E> {
                 if let Some(store) = &self.store
                     && let Err(err) = store.save(&ex.credentials, now)
                 {
-                    metrics
-                        .cache_file_errors
-                        .with_label_values(&["write_failed"])
-                        .inc();
+                    metrics.cache_file_error("write_failed");
                     tracing::warn!(error = %err, "a restarted agent will have to wait for STS");
                 }
                 Ok(remaining)
             }
             Err(err) => {
-                metrics.refresh_total.with_label_values(&["failure"]).inc();
+                metrics.refresh("failure");
                 match &err {
-                    ExchangeError::Token(t) => {
-                        metrics.token_errors.with_label_values(&[t.reason()]).inc();
-                    }
-                    ExchangeError::Sts { code, .. } => {
-                        metrics.sts_errors.with_label_values(&[code.as_str()]).inc();
-                    }
+                    ExchangeError::Token(t) => metrics.token_error(t.reason()),
+                    ExchangeError::Sts { code, .. } => metrics.sts_error(code.as_str()),
                 }
                 Err(err)
             }
@@ -164,26 +176,27 @@ impl<E: Exchange> Refresher<E> {
 /// Credentials that are expired by the node's clock when they arrive are a failure: serving
 /// them is impossible, and renewing "when half the remaining lifetime is left" would mean
 /// renewing at once, in a loop. The credentials already cached stay in place.
-fn reject_expired(ex: Exchanged, now: SystemTime) -> Result<Exchanged, ExchangeError> {
+fn reject_expired(ex: Exchanged, now: SystemTime, call: &Call) -> Result<Exchanged, ExchangeError> {
     if !arrived_expired(ex.credentials.remaining(now)) {
         return Ok(ex);
     }
     let behind = now
         .duration_since(ex.credentials.expiration)
         .unwrap_or_default();
-    Err(ExchangeError::Sts {
-        code: StsErrorCode::ExpiredOnArrival,
-        message: format!(
+    Err(ExchangeError::sts(
+        call.clone(),
+        StsErrorCode::ExpiredOnArrival,
+        format!(
             "the credentials expire at {}, {} before the node's clock says it is now ({})",
             format_expiration(ex.credentials.expiration),
             humantime::format_duration(round_secs(behind)),
             format_expiration(now)
         ),
-    })
+    ))
 }
 
 /// Exports the token's expiry and warns when the kubelet seems to have stopped rotating it.
-fn note_token_expiry(expires_at: Option<SystemTime>, now: SystemTime, metrics: &AgentMetrics) {
+fn note_token_expiry(expires_at: Option<SystemTime>, now: SystemTime, metrics: &BindingMetrics) {
     if let Some(exp) = expires_at {
         metrics.token_expiration.set(unix_seconds(exp));
     }
@@ -217,6 +230,7 @@ mod tests {
 
     use super::*;
     use crate::agent::credentials::tests::sample;
+    use crate::agent::metrics::AgentMetrics;
 
     /// Plays back scripted outcomes and records the (paused) tokio time of each call.
     struct Script {
@@ -247,25 +261,31 @@ mod tests {
             match next.unwrap_or(Err(StsErrorCode::Other)) {
                 Ok(lifetime) => Ok(Exchanged {
                     credentials: sample(SystemTime::now() + lifetime),
-                    packed_policy_size: Some(7),
+                    packed_policy_sizes: vec![(0, 7), (1, 93)],
                     token_expires_at: None,
                 }),
-                Err(code) => Err(ExchangeError::Sts {
-                    code,
-                    message: "scripted".into(),
-                }),
+                Err(code) => Err(ExchangeError::sts(call(), code, "scripted".into())),
             }
+        }
+    }
+
+    fn call() -> Call {
+        Call {
+            step: 0,
+            role_arn: "arn:aws:iam::111122223333:role/r".into(),
         }
     }
 
     fn refresher(script: &Arc<Script>) -> Refresher<Arc<Script>> {
         Refresher {
+            binding: "s3".into(),
             exchanger: script.clone(),
             requested: Duration::from_secs(3600),
             cache: Arc::new(CredentialCache::default()),
-            metrics: AgentMetrics::new().unwrap(),
+            metrics: AgentMetrics::new().unwrap().for_binding("s3"),
             store: None,
             unit: || 0.5,
+            served_call: call(),
         }
     }
 
@@ -274,7 +294,7 @@ mod tests {
         for_: Duration,
     ) -> (Arc<CredentialCache>, AgentMetrics) {
         let r = refresher(script);
-        let (cache, metrics) = (r.cache.clone(), r.metrics.clone());
+        let (cache, metrics) = (r.cache.clone(), r.metrics.all.clone());
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(r.run(Duration::ZERO, rx));
         tokio::time::sleep(for_).await;
@@ -294,10 +314,19 @@ mod tests {
         assert_eq!(script.calls.lock().unwrap().len(), 4);
         assert!(cache.valid_at(SystemTime::now()).is_some());
         assert_eq!(
-            metrics.refresh_total.with_label_values(&["success"]).get(),
+            metrics
+                .refresh_total
+                .with_label_values(&["s3", "success"])
+                .get(),
             4
         );
-        assert_eq!(metrics.packed_policy_size.get(), 7.0);
+        let packed = |hop: &str| {
+            metrics
+                .packed_policy_size
+                .with_label_values(&["s3", hop])
+                .get()
+        };
+        assert_eq!((packed("0"), packed("1")), (7.0, 93.0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -320,15 +349,24 @@ mod tests {
             "cached credentials dropped"
         );
         assert_eq!(
-            metrics.refresh_total.with_label_values(&["failure"]).get(),
+            metrics
+                .refresh_total
+                .with_label_values(&["s3", "failure"])
+                .get(),
             4
         );
         assert_eq!(
-            metrics.sts_errors.with_label_values(&["Throttling"]).get(),
+            metrics
+                .sts_errors
+                .with_label_values(&["s3", "Throttling"])
+                .get(),
             2
         );
         assert_eq!(
-            metrics.sts_errors.with_label_values(&["Unreachable"]).get(),
+            metrics
+                .sts_errors
+                .with_label_values(&["s3", "Unreachable"])
+                .get(),
             1
         );
     }
@@ -365,7 +403,7 @@ mod tests {
         assert_eq!(
             metrics
                 .sts_errors
-                .with_label_values(&["InvalidResponse"])
+                .with_label_values(&["s3", "InvalidResponse"])
                 .get(),
             2
         );
@@ -382,15 +420,24 @@ mod tests {
         assert_eq!(
             metrics
                 .sts_errors
-                .with_label_values(&["CredentialsExpiredOnArrival"])
+                .with_label_values(&["s3", "CredentialsExpiredOnArrival"])
                 .get(),
             4
         );
         assert_eq!(
-            metrics.refresh_total.with_label_values(&["failure"]).get(),
+            metrics
+                .refresh_total
+                .with_label_values(&["s3", "failure"])
+                .get(),
             4
         );
-        assert_eq!(metrics.credentials_expiration.get(), 0.0);
+        assert_eq!(
+            metrics
+                .credentials_expiration
+                .with_label_values(&["s3"])
+                .get(),
+            0.0
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -416,12 +463,14 @@ mod tests {
     async fn shutdown_cancels_an_exchange_in_flight() {
         let started = Arc::new(Mutex::new(0));
         let r = Refresher {
+            binding: "s3".into(),
             exchanger: Hanging(started.clone()),
             requested: HOUR,
             cache: Arc::new(CredentialCache::default()),
-            metrics: AgentMetrics::new().unwrap(),
+            metrics: AgentMetrics::new().unwrap().for_binding("s3"),
             store: None,
             unit: || 0.5,
+            served_call: call(),
         };
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(r.run(Duration::ZERO, rx));
@@ -456,6 +505,12 @@ mod tests {
         let script = Script::new(vec![Err(StsErrorCode::Unreachable)]);
         let (cache, metrics) = run_script(&script, Duration::from_millis(100)).await;
         assert!(cache.valid_at(SystemTime::now()).is_none());
-        assert_eq!(metrics.credentials_expiration.get(), 0.0);
+        assert_eq!(
+            metrics
+                .credentials_expiration
+                .with_label_values(&["s3"])
+                .get(),
+            0.0
+        );
     }
 }

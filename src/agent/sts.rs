@@ -1,14 +1,14 @@
-//! The STS exchange: projected token in, temporary credentials out, and [`StsExchanger`],
-//! the adapter the refresher calls in production.
+//! The agent's STS client and what its failures mean: a small, stable set of codes used in
+//! logs and as a metric label, each with a hint. The calls themselves are in
+//! [`exchange`](super::exchange).
 //!
 //! `AssumeRoleWithWebIdentity` is an unsigned call (the token is the proof), so the client has
-//! no credentials provider at all. The SDK's own retries are off: the refresher owns the retry
-//! policy (backoff with jitter, serving cached credentials meanwhile) and counts every attempt.
-//! Failures are mapped to a small, stable set of codes used in logs and as a metric label;
-//! connection failures keep their cause (refused, reset, TLS, DNS) in both.
+//! no credentials provider at all; chain hops derive signed clients from it. The SDK's own
+//! retries are off: the refresher owns the retry policy (backoff with jitter, serving cached
+//! credentials meanwhile) and counts every attempt. Connection failures keep their cause
+//! (refused, reset, TLS, DNS) in the code and the message.
 
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -19,26 +19,7 @@ use aws_sdk_sts::types::Credentials as StsCredentials;
 use secrecy::SecretString;
 
 use super::credentials::Credentials;
-use super::token::{self, TokenError, WebIdentityToken};
-
-/// What the agent asks STS for; fixed for the agent's lifetime.
-#[derive(Clone, Debug)]
-pub struct ExchangeRequest {
-    pub role_arn: String,
-    pub session_name: String,
-    pub duration: Duration,
-    pub token_file: PathBuf,
-}
-
-/// A successful exchange.
-#[derive(Debug)]
-pub struct Exchanged {
-    pub credentials: Credentials,
-    /// How full, in percent, the packed session policy/tags were (STS's PackedPolicySize).
-    pub packed_policy_size: Option<i32>,
-    /// Expiry of the web identity token that was used.
-    pub token_expires_at: Option<SystemTime>,
-}
+use super::exchange::{Call, ExchangeError};
 
 /// STS error codes worth telling apart; everything else is `Other`, so the metric label set
 /// stays small whatever STS answers. The last group describes the way to STS, not STS itself.
@@ -188,25 +169,6 @@ impl StsErrorCode {
     }
 }
 
-/// Why an exchange failed. No variant carries a token or a credential.
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    #[error("STS AssumeRoleWithWebIdentity failed ({}): {message}; {}", code.as_str(), code.hint())]
-    Sts { code: StsErrorCode, message: String },
-}
-
-impl ExchangeError {
-    /// The STS code, when the failure came from STS (or the way to it).
-    pub fn sts_code(&self) -> Option<StsErrorCode> {
-        match self {
-            ExchangeError::Sts { code, .. } => Some(*code),
-            ExchangeError::Token(_) => None,
-        }
-    }
-}
-
 /// Builds the unsigned STS client for `region`, with an optional endpoint override.
 ///
 /// Timeouts are short because a waiting refresh delays nobody (requests are served from the
@@ -228,88 +190,8 @@ pub async fn client(region: String, endpoint: Option<String>) -> aws_sdk_sts::Cl
     aws_sdk_sts::Client::new(&loader.load().await)
 }
 
-/// The production exchanger: STS through the AWS SDK.
-pub struct StsExchanger {
-    pub client: aws_sdk_sts::Client,
-    pub request: ExchangeRequest,
-}
-
-impl super::refresh::Exchange for StsExchanger {
-    async fn exchange(&self) -> Result<Exchanged, ExchangeError> {
-        exchange(&self.client, &self.request).await
-    }
-}
-
-/// Reads the token file and exchanges it. The token is read here, every time, because the
-/// kubelet rotates it.
-pub async fn exchange(
-    client: &aws_sdk_sts::Client,
-    req: &ExchangeRequest,
-) -> Result<Exchanged, ExchangeError> {
-    let path = req.token_file.clone();
-    let token: WebIdentityToken = tokio::task::spawn_blocking(move || token::read(&path))
-        .await
-        .map_err(|e| ExchangeError::Sts {
-            code: StsErrorCode::Other,
-            message: format!("token reader task failed: {e}"),
-        })??;
-    // Formats the token's Debug (redacted) on purpose: the tests run at debug level and check
-    // that no secret reaches the log through this path.
-    tracing::debug!(token = ?token, "read the web identity token");
-    exchange_token(client, req, &token).await
-}
-
-/// The exchange once the token is read: the STS call, its answer mapped to credentials or to
-/// one of our error codes.
-pub async fn exchange_token(
-    client: &aws_sdk_sts::Client,
-    req: &ExchangeRequest,
-    token: &WebIdentityToken,
-) -> Result<Exchanged, ExchangeError> {
-    let out = client
-        .assume_role_with_web_identity()
-        .role_arn(&req.role_arn)
-        .role_session_name(&req.session_name)
-        .web_identity_token(token.expose())
-        .duration_seconds(i32::try_from(req.duration.as_secs()).unwrap_or(i32::MAX))
-        .send()
-        .await
-        .map_err(classify_sdk_error)?;
-    let credentials = out.credentials().ok_or_else(|| ExchangeError::Sts {
-        code: StsErrorCode::InvalidResponse,
-        message: "the response has no Credentials".into(),
-    })?;
-    // The SDK turns an empty element into an empty string; served, such credentials would
-    // fail in the app's SDK, far from the cause.
-    if credentials.access_key_id().is_empty()
-        || credentials.secret_access_key().is_empty()
-        || credentials.session_token().is_empty()
-    {
-        return Err(ExchangeError::Sts {
-            code: StsErrorCode::InvalidResponse,
-            message: "the response's Credentials lack an access key id, secret or session token"
-                .into(),
-        });
-    }
-    Ok(Exchanged {
-        credentials: convert(credentials, out.assumed_role_user().map(|u| u.arn())),
-        packed_policy_size: packed_size(&out),
-        token_expires_at: token.expires_at,
-    })
-}
-
-/// How full the session token's packed policy/tag space is, in percent. STS now reports
-/// `SessionTokenUtilization` and deprecates `PackedPolicySize`; older STS-compatible servers
-/// (and today's moto) still send only the latter, so both are read.
-fn packed_size(
-    out: &aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityOutput,
-) -> Option<i32> {
-    #[allow(deprecated)]
-    let legacy = out.packed_policy_size();
-    out.session_token_utilization().or(legacy)
-}
-
-fn convert(c: &StsCredentials, arn: Option<&str>) -> Credentials {
+/// STS's credentials as the agent keeps them.
+pub(super) fn convert(c: &StsCredentials, arn: Option<&str>) -> Credentials {
     let exp = c.expiration();
     let expiration = u64::try_from(exp.secs())
         .ok()
@@ -324,7 +206,9 @@ fn convert(c: &StsCredentials, arn: Option<&str>) -> Credentials {
     }
 }
 
-fn classify_sdk_error<E>(err: SdkError<E, HttpResponse>) -> ExchangeError
+/// Maps an SDK failure of `call` to one of our codes, with a message that never quotes the
+/// request or a half-parsed reply.
+pub(super) fn classify_sdk_error<E>(call: Call, err: SdkError<E, HttpResponse>) -> ExchangeError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -371,7 +255,7 @@ where
             "the request could not be built".to_owned(),
         ),
     };
-    ExchangeError::Sts { code, message }
+    ExchangeError::sts(call, code, message)
 }
 
 /// Names the cause of a failed connection from the error's source chain: the OS error kind
@@ -511,60 +395,6 @@ mod tests {
         assert_eq!(
             crate::telemetry::error_chain(&refused),
             "dispatch failure: client error (Connect): tcp connect error: connection refused"
-        );
-    }
-
-    /// What `exchange_token` makes of one STS answer, through the SDK's deserializer.
-    async fn exchange_answer(status: u16, body: &'static str) -> Result<Exchanged, ExchangeError> {
-        let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_| {
-            http::Response::builder().status(status).body(body).unwrap()
-        });
-        let config = aws_sdk_sts::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new("eu-west-1"))
-            .retry_config(RetryConfig::disabled())
-            .endpoint_url("http://127.0.0.1:9")
-            .http_client(http)
-            .build();
-        let request = ExchangeRequest {
-            role_arn: "arn:aws:iam::111122223333:role/r".into(),
-            session_name: "s".into(),
-            duration: Duration::from_secs(3600),
-            token_file: "/t".into(),
-        };
-        let token = token::parse("t".into(), "/t".as_ref()).unwrap();
-        exchange_token(&aws_sdk_sts::Client::from_conf(config), &request, &token).await
-    }
-
-    fn answer(access_key_id: &str) -> String {
-        format!(
-            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
-             <AccessKeyId>{access_key_id}</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
-             <SessionToken>t</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration>\
-             </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
-        )
-    }
-
-    #[tokio::test]
-    async fn credentials_with_an_empty_field_are_an_invalid_response() {
-        let ok = exchange_answer(200, answer("ASIAEXAMPLE").leak())
-            .await
-            .unwrap();
-        assert_eq!(ok.credentials.access_key_id, "ASIAEXAMPLE");
-        let err = exchange_answer(200, answer("").leak()).await.unwrap_err();
-        assert_eq!(err.sts_code(), Some(StsErrorCode::InvalidResponse), "{err}");
-    }
-
-    #[test]
-    fn error_messages_name_the_code_and_the_fix() {
-        let err = ExchangeError::Sts {
-            code: StsErrorCode::AccessDenied,
-            message: "Not authorized to perform sts:AssumeRoleWithWebIdentity".into(),
-        };
-        let text = err.to_string();
-        assert!(
-            text.contains("AccessDenied") && text.contains("trust policy"),
-            "{text}"
         );
     }
 }

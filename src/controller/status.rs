@@ -109,7 +109,18 @@ pub fn desired_status(
             last_transition_time,
         }],
         pods: pods.max(0),
+        subject: Some(subject(binding)),
+        audience: Some(binding.spec.audience.clone()),
     }
+}
+
+/// The `sub` claim of the binding's pods' tokens, which the first role's trust policy names.
+pub fn subject(binding: &AWSRoleBinding) -> String {
+    let namespace = binding.metadata.namespace.as_deref().unwrap_or_default();
+    format!(
+        "system:serviceaccount:{namespace}:{}",
+        binding.spec.service_account_name
+    )
 }
 
 /// Whether the stored status differs from the desired one in a field the controller owns.
@@ -125,6 +136,8 @@ pub fn needs_update(
     };
     previous.observed_generation != desired.observed_generation
         || previous.pods != desired.pods
+        || previous.subject != desired.subject
+        || previous.audience != desired.audience
         || ready(previous) != ready(desired)
 }
 
@@ -198,9 +211,16 @@ fn ready_condition(
     let spec = &binding.spec;
     match validate_for(spec, observed.allowed) {
         Ok(validated) => {
+            let chain: String = spec
+                .chain
+                .iter()
+                .map(|hop| format!(", then {}", hop.role_arn))
+                .collect();
             let grant = format!(
-                "pods of service account {:?} may use role {} (sessions of {})",
-                spec.service_account_name, spec.role_arn, spec.session_duration
+                "pods of service account {:?} may use role {}{chain} (sessions of {})",
+                spec.service_account_name,
+                spec.role_arn,
+                crate::duration::format(validated.served_duration)
             );
             let mut warnings: Vec<(&'static str, String)> = validated
                 .warnings

@@ -1,5 +1,10 @@
-//! The agent container and credvend's three volumes. These are new objects, so they are built
-//! typed and serialized whole; existing pod content is never rebuilt this way.
+//! The agent container and credvend's volumes. These are new objects, so they are built typed
+//! and serialized whole; existing pod content is never rebuilt this way.
+//!
+//! The agent gets one `--binding` plan ([`crate::plan::BindingPlan`]) per binding it serves,
+//! the default binding first. Each distinct token audience gets its own file in the projected
+//! token volume: `token` for the default binding's, `token-<binding>` for the first binding
+//! that asks for another.
 
 use std::collections::BTreeMap;
 
@@ -12,12 +17,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::patch::Served;
 use super::{
     AGENT_CONTAINER_NAME, API_TOKEN_MOUNT_PATH, AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME,
     AgentResources, CACHE_FILE_NAME, CACHE_MOUNT_PATH, CACHE_VOLUME, InjectSettings,
     NO_API_TOKEN_VOLUME, TOKEN_FILE_NAME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
-use crate::crd::AWSRoleBinding;
+use crate::plan::{BindingPlan, HopPlan, Tag};
+use crate::session_name::DEFAULT_TEMPLATE;
 
 /// Name of the agent's metrics/health port. Port names are limited to 15 characters, so the
 /// longer `credvend-metrics` is not possible.
@@ -26,7 +33,7 @@ pub const METRICS_PORT_NAME: &str = "credvend-metric";
 /// The native sidecar that exchanges the projected token for credentials and serves them on
 /// `127.0.0.1:<port>`.
 pub(super) fn container(
-    binding: &AWSRoleBinding,
+    bindings: &[Served<'_>],
     port: u16,
     settings: &InjectSettings,
 ) -> Container {
@@ -35,10 +42,11 @@ pub(super) fn container(
         name: AGENT_CONTAINER_NAME.to_owned(),
         image: Some(settings.agent_image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
-        args: Some(args(binding, port, settings)),
+        args: Some(args(bindings, port, settings)),
         env: Some(vec![
             downward_env("POD_NAME", "metadata.name"),
             downward_env("POD_NAMESPACE", "metadata.namespace"),
+            downward_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(METRICS_PORT_NAME.to_owned()),
@@ -92,41 +100,117 @@ pub(super) fn container(
     }
 }
 
-/// The agent's command line (the image's entrypoint is `credvend`). Binding values win over
-/// the operator's defaults.
-fn args(binding: &AWSRoleBinding, port: u16, settings: &InjectSettings) -> Vec<String> {
-    let spec = &binding.spec;
-    let mut args: Vec<String> = [
-        "agent",
-        "--role-arn",
-        spec.role_arn.as_str(),
-        "--duration",
-        spec.session_duration.as_str(),
-        "--token-file",
-        &format!("{TOKEN_MOUNT_PATH}/{TOKEN_FILE_NAME}"),
-        "--auth-token-file",
-        &format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
-        "--cache-file",
-        &format!("{CACHE_MOUNT_PATH}/{CACHE_FILE_NAME}"),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--metrics-listen",
-        &format!("0.0.0.0:{}", settings.metrics_port),
-    ]
-    .map(str::to_owned)
-    .into();
-    let region = spec.region.as_ref().or(settings.default_region.as_ref());
-    if let Some(region) = region {
-        args.extend(["--region".to_owned(), region.clone()]);
+/// The agent's command line (the image's entrypoint is `credvend`): one plan per binding, then
+/// the files and addresses, which the operator decides.
+fn args(bindings: &[Served<'_>], port: u16, settings: &InjectSettings) -> Vec<String> {
+    let mut args = vec!["agent".to_owned()];
+    for (served, token_file) in bindings.iter().zip(token_files(bindings)) {
+        let plan = binding_plan(
+            served,
+            &format!("{TOKEN_MOUNT_PATH}/{token_file}"),
+            settings,
+        );
+        // A plan is plain strings and lists: serializing it cannot fail.
+        args.extend([
+            "--binding".to_owned(),
+            serde_json::to_string(&plan).unwrap_or_default(),
+        ]);
     }
-    let endpoint = spec
-        .sts_endpoint
-        .as_ref()
-        .or(settings.default_sts_endpoint.as_ref());
-    if let Some(endpoint) = endpoint {
-        args.extend(["--sts-endpoint".to_owned(), endpoint.clone()]);
-    }
+    args.extend(
+        [
+            "--auth-token-file",
+            &format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
+            "--cache-file",
+            &format!("{CACHE_MOUNT_PATH}/{CACHE_FILE_NAME}"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("0.0.0.0:{}", settings.metrics_port),
+        ]
+        .map(str::to_owned),
+    );
     args
+}
+
+/// What the agent must do for `served`. Binding values win over the operator's defaults; the
+/// policies are the compact forms validation produced.
+pub(super) fn binding_plan(
+    served: &Served<'_>,
+    token_file: &str,
+    settings: &InjectSettings,
+) -> BindingPlan {
+    let spec = &served.binding.spec;
+    let session_name = spec
+        .session_name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_owned());
+    let chain = spec
+        .chain
+        .iter()
+        .zip(&served.validated.hop_policies)
+        .map(|(hop, policy)| HopPlan {
+            role_arn: hop.role_arn.clone(),
+            session_name: hop
+                .session_name
+                .clone()
+                .unwrap_or_else(|| session_name.clone()),
+            external_id: hop.external_id.clone(),
+            tags: hop
+                .session_tags
+                .iter()
+                .map(|t| Tag {
+                    key: t.key.clone(),
+                    value: t.value.clone(),
+                })
+                .collect(),
+            transitive_tag_keys: hop.transitive_tag_keys.clone(),
+            source_identity: hop.source_identity.clone(),
+            policy: policy.clone(),
+            policy_arns: hop.session_policy_arns.clone(),
+        })
+        .collect();
+    BindingPlan {
+        name: served.name.to_owned(),
+        role_arn: spec.role_arn.clone(),
+        duration: spec.session_duration.clone(),
+        session_name,
+        token_file: token_file.into(),
+        audience: spec.audience.clone(),
+        region: spec
+            .region
+            .clone()
+            .or_else(|| settings.default_region.clone()),
+        sts_endpoint: spec
+            .sts_endpoint
+            .clone()
+            .or_else(|| settings.default_sts_endpoint.clone()),
+        policy: served.validated.session_policy.clone(),
+        policy_arns: spec.session_policy_arns.clone(),
+        chain,
+    }
+}
+
+/// The token file of each binding (in the projected token volume): one per distinct audience,
+/// [`TOKEN_FILE_NAME`] for the default binding's.
+pub(super) fn token_files(bindings: &[Served<'_>]) -> Vec<String> {
+    let mut by_audience: Vec<(&str, String)> = Vec::new();
+    bindings
+        .iter()
+        .enumerate()
+        .map(|(i, served)| {
+            let audience = served.binding.spec.audience.as_str();
+            if let Some((_, file)) = by_audience.iter().find(|(a, _)| *a == audience) {
+                return file.clone();
+            }
+            let file = if i == 0 {
+                TOKEN_FILE_NAME.to_owned()
+            } else {
+                format!("{TOKEN_FILE_NAME}-{}", served.name)
+            };
+            by_audience.push((audience, file.clone()));
+            file
+        })
+        .collect()
 }
 
 fn downward_env(name: &str, field_path: &str) -> EnvVar {
@@ -191,20 +275,31 @@ fn resources(r: &AgentResources) -> ResourceRequirements {
     }
 }
 
-/// `credvend-token` and `credvend-cache` (mounted only into the agent), `credvend-auth`, and
-/// the empty `credvend-no-api-token`.
-pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [Volume; 4] {
+/// `credvend-token` (one token per audience) and `credvend-cache` (mounted only into the
+/// agent), `credvend-auth`, and the empty `credvend-no-api-token`.
+pub(super) fn volumes(bindings: &[Served<'_>], settings: &InjectSettings) -> [Volume; 4] {
+    let mut sources: Vec<VolumeProjection> = Vec::new();
+    for (served, file) in bindings.iter().zip(token_files(bindings)) {
+        if sources.iter().any(|s| {
+            s.service_account_token
+                .as_ref()
+                .is_some_and(|t| t.path == file)
+        }) {
+            continue;
+        }
+        sources.push(VolumeProjection {
+            service_account_token: Some(ServiceAccountTokenProjection {
+                audience: Some(served.binding.spec.audience.clone()),
+                expiration_seconds: Some(settings.token_expiration_seconds),
+                path: file,
+            }),
+            ..VolumeProjection::default()
+        });
+    }
     let token = Volume {
         name: TOKEN_VOLUME.to_owned(),
         projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(binding.spec.audience.clone()),
-                    expiration_seconds: Some(settings.token_expiration_seconds),
-                    path: TOKEN_FILE_NAME.to_owned(),
-                }),
-                ..VolumeProjection::default()
-            }]),
+            sources: Some(sources),
             ..ProjectedVolumeSource::default()
         }),
         ..Volume::default()
@@ -249,14 +344,14 @@ pub(super) fn volumes(binding: &AWSRoleBinding, settings: &InjectSettings) -> [V
 pub(super) fn check_ours(
     found: &Container,
     spec: &PodSpec,
-    binding: &AWSRoleBinding,
+    bindings: &[Served<'_>],
     port: u16,
     settings: &InjectSettings,
 ) -> Result<(), &'static str> {
     if found.command.is_some() {
         return Err("it sets a command");
     }
-    let mut want = json(&container(binding, port, settings));
+    let mut want = json(&container(bindings, port, settings));
     if let Some(fields) = want.as_object_mut() {
         fields.remove("resources");
     }
@@ -265,7 +360,7 @@ pub(super) fn check_ours(
             "its image, arguments, mounts or security settings differ from what credvend injects for the binding",
         );
     }
-    for volume in volumes(binding, settings) {
+    for volume in volumes(bindings, settings) {
         let mut want = json(&volume);
         if let Some(empty_dir) = want.get_mut("emptyDir").and_then(|e| e.as_object_mut()) {
             empty_dir.remove("sizeLimit");

@@ -5,7 +5,9 @@
 use k8s_openapi::api::core::v1::{Container, EnvVar, VolumeMount};
 
 use super::patch::Plan;
+use super::select::Target;
 use super::{AUTH_FILE_NAME, AUTH_MOUNT_PATH, AUTH_VOLUME};
+use crate::agent::endpoint::{CREDENTIALS_PATH, binding_path};
 
 /// Points the SDKs' container credential provider at the agent.
 pub(super) const ENV_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
@@ -40,19 +42,27 @@ const CREDENTIAL_ENV_PREFIXES: [&str; 2] = [
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
 ];
 
-/// The environment credvend wants in every application container.
-fn desired_env(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
+/// The environment credvend wants in an application container: the URI of its binding (the
+/// default binding's at `/v1/credentials`, another's at `/v1/credentials/<binding>`) and that
+/// binding's region.
+fn desired_env(plan: &Plan<'_>, target: &Target<'_>) -> Vec<(&'static str, String)> {
+    let (served, default) = plan.binding_of(target);
+    let path = if default {
+        CREDENTIALS_PATH.to_owned()
+    } else {
+        binding_path(served.name)
+    };
     let mut env = vec![
         (
             ENV_FULL_URI,
-            format!("http://127.0.0.1:{}/v1/credentials", plan.port),
+            format!("http://127.0.0.1:{}{path}", plan.port),
         ),
         (
             ENV_TOKEN_FILE,
             format!("{AUTH_MOUNT_PATH}/{AUTH_FILE_NAME}"),
         ),
     ];
-    if let Some(region) = &plan.binding.spec.region {
+    if let Some(region) = &served.binding.spec.region {
         env.push((ENV_REGION, region.clone()));
         env.push((ENV_DEFAULT_REGION, region.clone()));
     }
@@ -67,7 +77,8 @@ fn user_value<'c>(container: &'c Container, name: &str) -> Option<&'c EnvVar> {
 /// that only make sense together are added together or not at all: a container that configures
 /// the container provider itself keeps it (credvend's token must not be sent to another
 /// endpoint), and one that sets either region variable keeps its own region setup.
-pub(super) fn env_to_add(plan: &Plan<'_>, container: &Container) -> Vec<EnvVar> {
+pub(super) fn env_to_add(plan: &Plan<'_>, target: &Target<'_>) -> Vec<EnvVar> {
+    let container = target.container;
     let sets_region = [ENV_REGION, ENV_DEFAULT_REGION]
         .iter()
         .any(|name| user_value(container, name).is_some());
@@ -76,7 +87,7 @@ pub(super) fn env_to_add(plan: &Plan<'_>, container: &Container) -> Vec<EnvVar> 
             .iter()
             .any(|prefix| e.name.starts_with(prefix))
     });
-    desired_env(plan)
+    desired_env(plan, target)
         .into_iter()
         .filter(|(name, _)| user_value(container, name).is_none())
         .filter(|(name, _)| !(sets_region && [ENV_REGION, ENV_DEFAULT_REGION].contains(name)))
@@ -91,8 +102,8 @@ pub(super) fn env_to_add(plan: &Plan<'_>, container: &Container) -> Vec<EnvVar> 
 
 /// Whether `container` still lacks something credvend gives application containers (a
 /// container a later webhook added, seen on reinvocation).
-pub(super) fn needs_configuration(plan: &Plan<'_>, container: &Container) -> bool {
-    !has_auth_mount(container) || !env_to_add(plan, container).is_empty()
+pub(super) fn needs_configuration(plan: &Plan<'_>, target: &Target<'_>) -> bool {
+    !has_auth_mount(target.container) || !env_to_add(plan, target).is_empty()
 }
 
 /// Whether the container already mounts the authorization token as credvend does.
@@ -122,10 +133,9 @@ pub(super) fn auth_mount() -> VolumeMount {
 /// `envFrom` is warned, naming the variables that would shadow credvend's.
 pub(super) fn warnings(plan: &Plan<'_>) -> Vec<String> {
     let mut warnings = Vec::new();
-    let desired = desired_env(plan);
     for target in &plan.targets {
         let container = target.container;
-        let conflicting = conflicting_env(container, &desired);
+        let conflicting = conflicting_env(container, &desired_env(plan, target));
         if !conflicting.is_empty() {
             warnings.push(format!(
                 "container {:?} sets {}, so AWS SDKs there will not use credvend's credentials; remove it, or list the container in credvend.io/skip-containers",
@@ -142,7 +152,7 @@ pub(super) fn warnings(plan: &Plan<'_>) -> Vec<String> {
             container.name,
             rest.join(", ")
         ));
-        let adds_region = env_to_add(plan, container)
+        let adds_region = env_to_add(plan, target)
             .iter()
             .any(|e| e.name == ENV_REGION);
         if adds_region {

@@ -48,6 +48,12 @@ pub const ANNOTATION_INJECT: &str = "credvend.io/inject";
 pub const ANNOTATION_BINDING: &str = "credvend.io/binding";
 /// Pod annotation: comma-separated containers that must not get credentials.
 pub const ANNOTATION_SKIP_CONTAINERS: &str = "credvend.io/skip-containers";
+/// Pod annotation: comma-separated containers that are the only ones to get credentials
+/// (instead of [`ANNOTATION_SKIP_CONTAINERS`], never with it).
+pub const ANNOTATION_INCLUDE_CONTAINERS: &str = "credvend.io/include-containers";
+/// Pod annotation: `container=binding,…`, containers that use another binding of the pod's
+/// service account than the default one; the one agent serves every binding of the pod.
+pub const ANNOTATION_CONTAINER_BINDINGS: &str = "credvend.io/container-bindings";
 /// Pod annotation: loopback port of the credentials endpoint.
 pub const ANNOTATION_PORT: &str = "credvend.io/port";
 /// Annotation written by the webhook on the pods it injects (for people and tools; admission
@@ -321,19 +327,41 @@ pub enum DenyReason {
         /// The port.
         port: u16,
     },
-    /// `credvend.io/skip-containers` names containers the pod does not have. Refused rather
-    /// than ignored: a typo would otherwise give credentials to a container meant to be skipped.
+    /// A container annotation names containers the pod does not have. Refused rather than
+    /// ignored: a typo would otherwise give credentials to a container meant to be skipped.
     #[error(
-        "annotation credvend.io/skip-containers names {}, not a container of this pod (it has {}); fix the names",
+        "annotation {annotation} names {}, not a container of this pod (it has {}); fix the names",
         quoted(unknown),
         quoted(known)
     )]
-    UnknownSkipContainers {
+    UnknownContainers {
+        /// The annotation.
+        annotation: &'static str,
         /// The names that match no container.
         unknown: Vec<String>,
         /// The pod's containers (init containers included).
         known: Vec<String>,
     },
+    /// Both `credvend.io/skip-containers` and `credvend.io/include-containers`.
+    #[error(
+        "the pod sets both credvend.io/skip-containers and credvend.io/include-containers; use one: list the containers to leave out, or the only ones to give credentials"
+    )]
+    SkipAndInclude,
+    /// `credvend.io/container-bindings` cannot be read.
+    #[error(
+        "annotation credvend.io/container-bindings is {value:?}: {why}; write it as <container>=<binding>,… such as worker=queue-reader,uploader=s3-writer"
+    )]
+    InvalidContainerBindings {
+        /// The annotation as written.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A container is given a binding but gets no credentials.
+    #[error(
+        "annotation credvend.io/container-bindings gives container {0:?} a binding, but credvend.io/skip-containers or credvend.io/include-containers leaves it without credentials; remove one of the two"
+    )]
+    ContainerBindingForExcluded(String),
     /// The admission request carried no pod spec.
     #[error("the pod has no spec")]
     NoSpec,
@@ -371,7 +399,10 @@ impl DenyReason {
             Self::InvalidPort { .. } => "invalid_port",
             Self::CredentialsPortInUse { .. } => "credentials_port_in_use",
             Self::MetricsPortInUse { .. } => "metrics_port_in_use",
-            Self::UnknownSkipContainers { .. } => "unknown_skip_containers",
+            Self::UnknownContainers { .. } => "unknown_containers",
+            Self::SkipAndInclude => "skip_and_include",
+            Self::InvalidContainerBindings { .. } => "invalid_container_bindings",
+            Self::ContainerBindingForExcluded(_) => "container_binding_for_excluded",
             Self::NoSpec => "no_spec",
             Self::Internal(_) => "internal",
         }
@@ -407,21 +438,34 @@ fn plan_and_build(
     let existing_agent = select::existing_agent(spec);
     select::check_pod(spec, &options, settings, existing_agent.is_some())?;
     let service_account = select::service_account(spec);
-    let binding = select::binding(requested, service_account, candidates)?;
-    let validated = check_binding(binding, candidates.namespace, settings)?;
-    let binding_name = binding_name(binding);
+    let default = select::binding(requested, service_account, candidates)?;
+    let default_name = binding_name(default);
+    let mut bindings = vec![patch::Served {
+        binding: default,
+        name: default_name,
+        validated: check_binding(default, candidates.namespace, settings)?,
+    }];
+    for binding in select::extra_bindings(&options, default_name, service_account, candidates)? {
+        bindings.push(patch::Served {
+            binding,
+            name: binding_name(binding),
+            validated: check_binding(binding, candidates.namespace, settings)?,
+        });
+    }
     let targets = select::targets(spec, &options);
     let Some(agent_container) = existing_agent else {
         let plan = patch::Plan {
-            binding,
-            binding_name,
+            bindings,
             port: options.port,
             targets,
         };
         let patch = patch::build(pod, spec, &plan, settings)
             .map_err(|e| DenyReason::Internal(e.to_string()))?;
-        let mut warnings: Vec<String> =
-            validated.warnings.iter().map(ToString::to_string).collect();
+        let mut warnings: Vec<String> = plan
+            .bindings
+            .iter()
+            .flat_map(|b| b.validated.warnings.iter().map(ToString::to_string))
+            .collect();
         if plan.targets.is_empty() {
             warnings.push(apps::EVERY_CONTAINER_SKIPPED.to_owned());
         }
@@ -429,11 +473,11 @@ fn plan_and_build(
         return Ok(Decision::Inject {
             patch,
             warnings,
-            binding: binding_name.to_owned(),
+            binding: default_name.to_owned(),
             kind: Injection::Fresh,
         });
     };
-    agent::check_ours(agent_container, spec, binding, options.port, settings).map_err(|why| {
+    agent::check_ours(agent_container, spec, &bindings, options.port, settings).map_err(|why| {
         DenyReason::ForeignAgentContainer {
             list: "initContainers",
             why,
@@ -441,14 +485,13 @@ fn plan_and_build(
     })?;
     // Completion: only what is missing, so the agent and its volumes are never added twice.
     let mut plan = patch::Plan {
-        binding,
-        binding_name,
+        bindings,
         port: options.port,
         targets: Vec::new(),
     };
     let pending = targets
         .into_iter()
-        .filter(|t| apps::needs_configuration(&plan, t.container))
+        .filter(|t| apps::needs_configuration(&plan, t))
         .collect();
     plan.targets = pending;
     let patch = patch::complete(pod, &plan).map_err(|e| DenyReason::Internal(e.to_string()))?;
@@ -460,7 +503,7 @@ fn plan_and_build(
     Ok(Decision::Inject {
         patch,
         warnings: apps::warnings(&plan),
-        binding: binding_name.to_owned(),
+        binding: default_name.to_owned(),
         kind: Injection::Completed,
     })
 }

@@ -14,17 +14,45 @@ use super::{
     ANNOTATION_BINDING_GENERATION, ANNOTATION_STATUS, InjectSettings, LABEL_BINDING,
     STATUS_INJECTED, agent, apps,
 };
-use crate::crd::AWSRoleBinding;
+use crate::crd::{AWSRoleBinding, Validated};
+
+/// A binding the pod's agent serves, with its validated form.
+#[derive(Debug, Clone)]
+pub(super) struct Served<'a> {
+    pub binding: &'a AWSRoleBinding,
+    pub name: &'a str,
+    pub validated: Validated,
+}
 
 /// Everything decided about a pod that is going to be injected.
 #[derive(Debug, Clone)]
 pub(super) struct Plan<'a> {
-    pub binding: &'a AWSRoleBinding,
-    pub binding_name: &'a str,
+    /// The pod's default binding first (served at `/v1/credentials`), then the others that
+    /// `credvend.io/container-bindings` names, sorted by name.
+    pub bindings: Vec<Served<'a>>,
     /// Loopback port of the credentials endpoint.
     pub port: u16,
     /// The containers that get the credentials environment.
     pub targets: Vec<Target<'a>>,
+}
+
+impl<'a> Plan<'a> {
+    /// The pod's default binding.
+    pub fn default_binding(&self) -> &Served<'a> {
+        // `decide` always puts the default binding first.
+        &self.bindings[0]
+    }
+
+    /// The binding `target` uses, and whether it is the default one.
+    pub fn binding_of(&self, target: &Target<'_>) -> (&Served<'a>, bool) {
+        match target
+            .binding
+            .and_then(|name| self.bindings.iter().skip(1).find(|b| b.name == name))
+        {
+            Some(other) => (other, false),
+            None => (self.default_binding(), true),
+        }
+    }
 }
 
 type Ops = Vec<PatchOperation>;
@@ -42,9 +70,9 @@ pub(super) fn build(
         &mut ops,
         pointer(&["spec", "volumes"]),
         spec.volumes.is_some(),
-        &agent::volumes(plan.binding, settings),
+        &agent::volumes(&plan.bindings, settings),
     )?;
-    let agent = agent::container(plan.binding, plan.port, settings);
+    let agent = agent::container(&plan.bindings, plan.port, settings);
     if spec.init_containers.is_some() {
         ops.push(add(pointer(&["spec", "initContainers", "0"]), &agent)?);
     } else {
@@ -91,12 +119,12 @@ pub(super) fn complete(pod: &Pod, plan: &Plan<'_>) -> Result<Patch, serde_json::
 }
 
 fn desired_labels(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
-    vec![(LABEL_BINDING, plan.binding_name.to_owned())]
+    vec![(LABEL_BINDING, plan.default_binding().name.to_owned())]
 }
 
 fn desired_annotations(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
     let mut annotations = vec![(ANNOTATION_STATUS, STATUS_INJECTED.to_owned())];
-    if let Some(generation) = plan.binding.metadata.generation {
+    if let Some(generation) = plan.default_binding().binding.metadata.generation {
         annotations.push((ANNOTATION_BINDING_GENERATION, generation.to_string()));
     }
     annotations
@@ -139,7 +167,7 @@ fn app_container(
         ops,
         pointer(&[&base[..], &["env"]].concat()),
         container.env.is_some(),
-        &apps::env_to_add(plan, container),
+        &apps::env_to_add(plan, target),
     )?;
     if apps::has_auth_mount(container) {
         return Ok(());

@@ -1,12 +1,13 @@
 //! Reading what the pod asks for (annotations), refusing pod shapes the agent cannot serve,
 //! and choosing the binding.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 use super::{
-    AGENT_CONTAINER_NAME, ANNOTATION_BINDING, ANNOTATION_BINDING_GENERATION, ANNOTATION_INJECT,
+    AGENT_CONTAINER_NAME, ANNOTATION_BINDING, ANNOTATION_BINDING_GENERATION,
+    ANNOTATION_CONTAINER_BINDINGS, ANNOTATION_INCLUDE_CONTAINERS, ANNOTATION_INJECT,
     ANNOTATION_PORT, ANNOTATION_SKIP_CONTAINERS, ANNOTATION_STATUS, AUTH_MOUNT_PATH, AUTH_VOLUME,
     Candidates, DenyReason, InjectSettings, LABEL_BINDING, RESERVED_VOLUMES, SkipReason,
 };
@@ -97,6 +98,10 @@ pub(super) struct Options {
     pub port: u16,
     /// Containers that must not get credentials.
     pub skip: BTreeSet<String>,
+    /// When set, the only containers that get credentials.
+    pub include: Option<BTreeSet<String>>,
+    /// Containers that use another binding than the pod's default one: container → binding.
+    pub container_bindings: BTreeMap<String, String>,
 }
 
 pub(super) fn options(
@@ -104,10 +109,68 @@ pub(super) fn options(
     spec: &PodSpec,
     settings: &InjectSettings,
 ) -> Result<Options, DenyReason> {
-    Ok(Options {
+    let skip = annotation(pod, ANNOTATION_SKIP_CONTAINERS);
+    let include = annotation(pod, ANNOTATION_INCLUDE_CONTAINERS);
+    if skip.is_some() && include.is_some() {
+        return Err(DenyReason::SkipAndInclude);
+    }
+    let options = Options {
         port: port(annotation(pod, ANNOTATION_PORT), settings)?,
-        skip: skip_containers(annotation(pod, ANNOTATION_SKIP_CONTAINERS), spec)?,
-    })
+        skip: container_names(ANNOTATION_SKIP_CONTAINERS, skip, spec)?,
+        include: include
+            .map(|value| container_names(ANNOTATION_INCLUDE_CONTAINERS, Some(value), spec))
+            .transpose()?,
+        container_bindings: container_bindings(
+            annotation(pod, ANNOTATION_CONTAINER_BINDINGS),
+            spec,
+        )?,
+    };
+    if let Some(container) = options
+        .container_bindings
+        .keys()
+        .find(|c| !options.gets_credentials(c))
+    {
+        return Err(DenyReason::ContainerBindingForExcluded(container.clone()));
+    }
+    Ok(options)
+}
+
+impl Options {
+    /// Whether the container called `name` gets credentials at all.
+    fn gets_credentials(&self, name: &str) -> bool {
+        !self.skip.contains(name) && self.include.as_ref().is_none_or(|i| i.contains(name))
+    }
+}
+
+/// `worker=queue-reader,uploader=s3-writer`: containers of this pod mapped to bindings.
+fn container_bindings(
+    value: Option<&str>,
+    spec: &PodSpec,
+) -> Result<BTreeMap<String, String>, DenyReason> {
+    let mut map = BTreeMap::new();
+    let invalid = |why: String| DenyReason::InvalidContainerBindings {
+        value: value.unwrap_or_default().to_owned(),
+        why,
+    };
+    for entry in value.unwrap_or_default().split(',').map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        let (container, binding) = entry
+            .split_once('=')
+            .map(|(c, b)| (c.trim(), b.trim()))
+            .filter(|(c, b)| !c.is_empty() && !b.is_empty())
+            .ok_or_else(|| invalid(format!("{entry:?} is not <container>=<binding>")))?;
+        if map
+            .insert(container.to_owned(), binding.to_owned())
+            .is_some()
+        {
+            return Err(invalid(format!("container {container:?} is listed twice")));
+        }
+    }
+    let names: Vec<&str> = map.keys().map(String::as_str).collect();
+    check_known(ANNOTATION_CONTAINER_BINDINGS, &names, spec)?;
+    Ok(map)
 }
 
 fn port(value: Option<&str>, settings: &InjectSettings) -> Result<u16, DenyReason> {
@@ -132,7 +195,14 @@ fn port(value: Option<&str>, settings: &InjectSettings) -> Result<u16, DenyReaso
     Ok(port)
 }
 
-fn skip_containers(value: Option<&str>, spec: &PodSpec) -> Result<BTreeSet<String>, DenyReason> {
+/// The comma-separated container names of `annotation`, each of which the pod must have:
+/// a typo would otherwise give credentials to a container meant to be left out, or leave out
+/// one meant to have them.
+fn container_names(
+    annotation: &'static str,
+    value: Option<&str>,
+    spec: &PodSpec,
+) -> Result<BTreeSet<String>, DenyReason> {
     let names: BTreeSet<String> = value
         .unwrap_or_default()
         .split(',')
@@ -140,16 +210,26 @@ fn skip_containers(value: Option<&str>, spec: &PodSpec) -> Result<BTreeSet<Strin
         .filter(|name| !name.is_empty())
         .map(str::to_owned)
         .collect();
+    let listed: Vec<&str> = names.iter().map(String::as_str).collect();
+    check_known(annotation, &listed, spec)?;
+    Ok(names)
+}
+
+fn check_known(annotation: &'static str, names: &[&str], spec: &PodSpec) -> Result<(), DenyReason> {
     let known: Vec<String> = all_containers(spec).map(|(_, c)| c.name.clone()).collect();
     let unknown: Vec<String> = names
         .iter()
-        .filter(|name| !known.contains(name))
-        .cloned()
+        .filter(|name| !known.iter().any(|k| k == *name))
+        .map(|name| (*name).to_owned())
         .collect();
     if unknown.is_empty() {
-        Ok(names)
+        Ok(())
     } else {
-        Err(DenyReason::UnknownSkipContainers { unknown, known })
+        Err(DenyReason::UnknownContainers {
+            annotation,
+            unknown,
+            known,
+        })
     }
 }
 
@@ -327,27 +407,50 @@ pub(super) struct Target<'a> {
     pub list: ContainerList,
     pub index: usize,
     pub container: &'a Container,
+    /// The binding it uses, when not the pod's default one (`credvend.io/container-bindings`).
+    pub binding: Option<&'a str>,
 }
 
-/// Every container except the skipped ones and the agent, init containers included: the agent
-/// is inserted before all of them and its startup probe holds them back until credentials are
-/// ready.
-pub(super) fn targets<'a>(spec: &'a PodSpec, options: &Options) -> Vec<Target<'a>> {
+/// Every container that gets credentials (not skipped, included if there is a list) except
+/// the agent, init containers included: the agent is inserted before all of them and its
+/// startup probe holds them back until credentials are ready.
+pub(super) fn targets<'a>(spec: &'a PodSpec, options: &'a Options) -> Vec<Target<'a>> {
+    let target = |list, (index, container): (usize, &'a Container)| Target {
+        list,
+        index,
+        container,
+        binding: options
+            .container_bindings
+            .get(&container.name)
+            .map(String::as_str),
+    };
     let init = spec.init_containers.iter().flatten().enumerate();
-    let init = init.map(|(index, container)| Target {
-        list: ContainerList::Init,
-        index,
-        container,
-    });
+    let init = init.map(|c| target(ContainerList::Init, c));
     let regular = spec.containers.iter().enumerate();
-    let regular = regular.map(|(index, container)| Target {
-        list: ContainerList::Regular,
-        index,
-        container,
-    });
+    let regular = regular.map(|c| target(ContainerList::Regular, c));
     init.chain(regular)
-        .filter(|t| !options.skip.contains(&t.container.name))
+        .filter(|t| options.gets_credentials(&t.container.name))
         .filter(|t| !(t.list == ContainerList::Init && t.container.name == AGENT_CONTAINER_NAME))
+        .collect()
+}
+
+/// The bindings `credvend.io/container-bindings` names besides `default`, sorted by name, each
+/// of the namespace and for the pod's service account.
+pub(super) fn extra_bindings<'b>(
+    options: &Options,
+    default: &str,
+    service_account: &str,
+    candidates: &Candidates<'b>,
+) -> Result<Vec<&'b AWSRoleBinding>, DenyReason> {
+    let names: BTreeSet<&str> = options
+        .container_bindings
+        .values()
+        .map(String::as_str)
+        .filter(|name| *name != default)
+        .collect();
+    names
+        .into_iter()
+        .map(|name| binding(Some(name), service_account, candidates))
         .collect()
 }
 

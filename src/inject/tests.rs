@@ -32,6 +32,10 @@ fn binding(name: &str, service_account: &str) -> AWSRoleBinding {
             region: None,
             sts_endpoint: None,
             audience: "sts.amazonaws.com".to_owned(),
+            session_name: None,
+            session_policy: None,
+            session_policy_arns: Vec::new(),
+            chain: Vec::new(),
         },
     );
     b.metadata.namespace = Some(NS.to_owned());
@@ -512,16 +516,10 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
     let spec = after.spec.unwrap();
     let agent = &spec.init_containers.as_ref().unwrap()[0];
     let args = agent.args.clone().unwrap();
+    assert_eq!(args[..2], ["agent", "--binding"]);
     assert_eq!(
-        args,
+        args[3..],
         [
-            "agent",
-            "--role-arn",
-            "arn:aws:iam::111122223333:role/s3-reader",
-            "--duration",
-            "1h",
-            "--token-file",
-            "/var/run/secrets/credvend.io/serviceaccount/token",
             "--auth-token-file",
             "/var/run/credvend/auth/token",
             "--cache-file",
@@ -530,9 +528,24 @@ fn the_agent_is_hardened_and_alone_with_the_service_account_token() {
             "127.0.0.1:9911",
             "--metrics-listen",
             "0.0.0.0:9912",
-            "--region",
-            "eu-west-1"
         ]
+    );
+    let plan: crate::plan::BindingPlan = serde_json::from_str(&args[2]).unwrap();
+    assert_eq!(
+        plan,
+        crate::plan::BindingPlan {
+            name: "s3-reader".into(),
+            role_arn: "arn:aws:iam::111122223333:role/s3-reader".into(),
+            duration: "1h".into(),
+            session_name: "{namespace}.{pod}".into(),
+            token_file: "/var/run/secrets/credvend.io/serviceaccount/token".into(),
+            audience: "sts.amazonaws.com".into(),
+            region: Some("eu-west-1".into()),
+            sts_endpoint: None,
+            policy: None,
+            policy_arns: Vec::new(),
+            chain: Vec::new(),
+        }
     );
     let sc = agent.security_context.clone().unwrap();
     assert_eq!(sc.run_as_non_root, Some(true));
@@ -639,9 +652,12 @@ fn settings_defaults_reach_the_agent_when_the_binding_is_silent() {
         panic!("expected an injection");
     };
     let text = serde_json::to_string(&patch).unwrap();
-    assert!(text.contains(
-        r#""--region","eu-central-1","--sts-endpoint","https://sts.eu-central-1.amazonaws.com""#
-    ));
+    assert!(
+        text.contains(
+            r#"\"region\":\"eu-central-1\",\"stsEndpoint\":\"https://sts.eu-central-1.amazonaws.com\""#
+        ),
+        "{text}"
+    );
     // Apps get AWS_REGION only from the binding.
     assert!(!text.contains("AWS_REGION"), "{text}");
 }
@@ -929,7 +945,7 @@ fn denials_name_the_fix() {
                 json!({"metadata": {"annotations": {"credvend.io/skip-containers": "app,istio-prxy"}}}),
             ),
             app(),
-            "unknown_skip_containers",
+            "unknown_containers",
             vec!["\"istio-prxy\"", "it has \"app\""],
         ),
         (

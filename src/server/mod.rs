@@ -148,8 +148,8 @@ pub async fn serve<S, Fut>(
 }
 
 /// A short plain-text response (health endpoints, 404s).
-pub fn plain(status: http::StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+pub fn plain(status: http::StatusCode, text: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(text.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use credvend::agent::auth::AuthToken;
-use credvend::agent::cache::{Cached, CredentialCache};
+use credvend::agent::cache::{Cached, Caches, CredentialCache};
 use credvend::agent::credentials::Credentials;
 use credvend::agent::endpoint::{CREDENTIALS_PATH, EndpointRequest, respond};
 use http::Method;
@@ -51,6 +51,7 @@ fn main() {
     let creds = credentials();
     let cache = CredentialCache::default();
     cache.store(Cached::new(&creds));
+    let cache = Caches::single("default", std::sync::Arc::new(cache));
     let req = EndpointRequest {
         method: &Method::GET,
         path: CREDENTIALS_PATH,
@@ -62,8 +63,9 @@ fn main() {
     });
     let baseline = time_per_call(iterations, || {
         // Per-request rendering: what the agent avoids.
-        let per_request = CredentialCache::default();
+        let per_request = std::sync::Arc::new(CredentialCache::default());
         per_request.store(Cached::new(black_box(&creds)));
+        let per_request = Caches::single("default", per_request);
         black_box(respond(
             black_box(req),
             &auth,
