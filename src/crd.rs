@@ -1083,4 +1083,94 @@ mod tests {
             "crds/awsrolebinding.yaml is out of date with src/crd.rs; run `cargo run -- crd > crds/awsrolebinding.yaml`"
         );
     }
+
+    fn hop(role: &str) -> ChainHop {
+        serde_json::from_value(serde_json::json!({ "roleArn": role })).unwrap()
+    }
+
+    #[test]
+    fn session_options_are_checked_with_the_field_named() {
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#;
+        let mut good = spec();
+        good.session_name = Some("{namespace}.{pod}".into());
+        good.session_policy = Some(policy.into());
+        good.session_policy_arns = vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()];
+        assert!(validate(&good).is_ok());
+
+        let mut bad = spec();
+        bad.session_name = Some("{podname}".into());
+        bad.session_policy = Some("{not json".into());
+        bad.session_policy_arns = vec!["ReadOnlyAccess".into()];
+        let mut second = hop("arn:aws:iam::444455556666:role/x");
+        second.external_id = Some("x".into());
+        second.source_identity = Some("team-a".into());
+        let mut third = hop("arn:aws:iam::4444:role/y");
+        third.source_identity = Some("team-b".into());
+        third.transitive_tag_keys = vec!["team".into()];
+        bad.chain = vec![second, third];
+        let errors = validate(&bad).unwrap_err();
+        let got: Vec<(&str, String)> = errors.iter().map(|e| (e.reason(), e.to_string())).collect();
+        let want = [
+            ("InvalidSessionName", "sessionName uses {podname}"),
+            ("InvalidSessionPolicy", "sessionPolicy is not JSON"),
+            (
+                "InvalidSessionPolicyArns",
+                "sessionPolicyArns \"ReadOnlyAccess\"",
+            ),
+            ("InvalidChain", "chain[0].externalId must be 2 to 1224"),
+            (
+                "InvalidChain",
+                "chain[1].roleArn \"arn:aws:iam::4444:role/y\"",
+            ),
+            ("InvalidChain", "chain[1].sessionTags names \"team\""),
+            (
+                "InvalidChain",
+                "chain[1].sourceIdentity \"team-b\" differs from chain[0]",
+            ),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for ((reason, message), (want_reason, words)) in got.iter().zip(want) {
+            assert_eq!(*reason, want_reason, "{message}");
+            assert!(message.contains(words), "{words:?} in {message}");
+        }
+    }
+
+    #[test]
+    fn chained_sessions_are_clamped_to_an_hour_with_a_warning() {
+        let mut chained = spec();
+        chained.session_duration = "3h".into();
+        chained.chain = vec![hop("arn:aws:iam::444455556666:role/x")];
+        let validated = validate(&chained).unwrap();
+        assert_eq!(validated.served_duration, Duration::from_secs(3600));
+        assert_eq!(validated.session_duration, Duration::from_secs(3 * 3600));
+        assert_eq!(
+            validated
+                .warnings
+                .iter()
+                .map(SpecWarning::reason)
+                .collect::<Vec<_>>(),
+            ["ChainedSessionClamped"]
+        );
+        chained.session_duration = "1h".into();
+        assert!(validate(&chained).unwrap().warnings.is_empty());
+        // The binding's policy is the last hop's; the last hop cannot have its own as well.
+        chained.session_policy =
+            Some(r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"*"}}"#.into());
+        chained.chain[0].session_policy = chained.session_policy.clone();
+        let errors = validate(&chained).unwrap_err();
+        assert_eq!(errors[0].reason(), "InvalidChain");
+        assert!(errors[0].to_string().contains("keep one of them"));
+        let six: Vec<ChainHop> = (0..6)
+            .map(|_| hop("arn:aws:iam::444455556666:role/x"))
+            .collect();
+        let errors = validate(&AWSRoleBindingSpec {
+            chain: six,
+            ..spec()
+        })
+        .unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "chain has 6 hops; credvend runs at most 5 AssumeRole hops after the exchange"
+        );
+    }
 }

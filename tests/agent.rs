@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::agent::{AgentOptions, AgentProcess, ROLE_ARN, SESSION_NAME};
+use support::agent::{AgentOptions, AgentProcess, ROLE_ARN, SESSION_NAME, fake_jwt};
 use support::http::{self, eventually};
 use support::python::app_python;
 use support::sts::StsPeer;
@@ -26,11 +26,13 @@ print(json.dumps({"arn": arn, "access_key_id": creds.access_key}))
 "#;
 
 fn run_boto3(agent: &AgentProcess, sts: &StsPeer) -> serde_json::Value {
+    run_boto3_at(agent, sts, &agent.credentials_url())
+}
+
+/// boto3 with `AWS_CONTAINER_CREDENTIALS_FULL_URI` set to `uri`.
+fn run_boto3_at(agent: &AgentProcess, sts: &StsPeer, uri: &str) -> serde_json::Value {
     let out = app_python(BOTO3_APP, sts.endpoint())
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            agent.credentials_url(),
-        )
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
         .env(
             "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
             agent.auth_token_file(),
@@ -119,7 +121,7 @@ async fn serves_the_exact_document_and_headers_sdks_expect() {
     );
     // The expiry metric matches what is served.
     let gauge = agent
-        .metric("credvend_credentials_expiration_timestamp_seconds")
+        .metric(r#"credvend_credentials_expiration_timestamp_seconds{binding="default"}"#)
         .await
         .unwrap();
     let served =
@@ -222,7 +224,7 @@ async fn missing_empty_or_unreadable_token_keeps_the_agent_unready_and_says_why(
     let agent = AgentProcess::start(opts);
     agent.wait_up(READY).await;
 
-    let missing = r#"credvend_token_errors_total{reason="missing"}"#;
+    let missing = r#"credvend_token_errors_total{binding="default",reason="missing"}"#;
     eventually("a missing-token error", READY, || async {
         agent.metric(missing).await
     })
@@ -244,7 +246,7 @@ async fn missing_empty_or_unreadable_token_keeps_the_agent_unready_and_says_why(
     );
 
     std::fs::write(agent.token_file(), "").unwrap();
-    let empty = r#"credvend_token_errors_total{reason="empty"}"#;
+    let empty = r#"credvend_token_errors_total{binding="default",reason="empty"}"#;
     eventually("an empty-token error", READY, || async {
         agent.metric(empty).await
     })
@@ -253,7 +255,7 @@ async fn missing_empty_or_unreadable_token_keeps_the_agent_unready_and_says_why(
 
     std::fs::remove_file(agent.token_file()).unwrap();
     std::fs::create_dir(agent.token_file()).unwrap();
-    let unreadable = r#"credvend_token_errors_total{reason="unreadable"}"#;
+    let unreadable = r#"credvend_token_errors_total{binding="default",reason="unreadable"}"#;
     eventually("an unreadable-token error", READY, || async {
         agent.metric(unreadable).await
     })
@@ -283,7 +285,7 @@ async fn keeps_serving_cached_credentials_while_sts_fails_and_recovers() {
     let first = agent.fetch().await.json();
 
     sts.fail("Throttling", 400).await;
-    let throttled = r#"credvend_sts_errors_total{code="Throttling"}"#;
+    let throttled = r#"credvend_sts_errors_total{binding="default",code="Throttling"}"#;
     eventually("a failed refresh", READY, || async {
         agent.metric(throttled).await
     })
@@ -296,7 +298,7 @@ async fn keeps_serving_cached_credentials_while_sts_fails_and_recovers() {
     assert_eq!(during.json()["AccessKeyId"], first["AccessKeyId"]);
     assert!(
         agent
-            .metric(r#"credvend_credentials_refresh_total{result="failure"}"#)
+            .metric(r#"credvend_credentials_refresh_total{binding="default",result="failure"}"#)
             .await
             >= Some(1.0)
     );
@@ -329,7 +331,7 @@ async fn unreachable_sts_is_survived_until_expiry_then_answered_with_503() {
     sts.stop();
     // The cause survives into the metric's code and the log (was "Unreachable" and
     // "connection failed" for every cause).
-    let refused = r#"credvend_sts_errors_total{code="ConnectionRefused"}"#;
+    let refused = r#"credvend_sts_errors_total{binding="default",code="ConnectionRefused"}"#;
     eventually("a refused connection to STS", READY, || async {
         agent.metric(refused).await
     })
@@ -459,7 +461,8 @@ async fn credentials_that_arrive_expired_are_retried_with_backoff_and_blamed_on_
     sts.issue_expired(3600).await;
     let agent = AgentProcess::start(AgentOptions::new(sts.endpoint()));
     agent.wait_up(READY).await;
-    let expired = r#"credvend_sts_errors_total{code="CredentialsExpiredOnArrival"}"#;
+    let expired =
+        r#"credvend_sts_errors_total{binding="default",code="CredentialsExpiredOnArrival"}"#;
     eventually("four expired answers", READY, || async {
         agent.metric(expired).await.filter(|n| *n >= 4.0)
     })
@@ -508,14 +511,14 @@ async fn an_unparseable_sts_reply_is_an_invalid_response_retried_soon() {
     sts.garble().await;
     // Two failed attempts within the wait: the reply is treated as transient, with backoff
     // from 0.5-1 s, not as a permanent error waiting a fixed 60 s.
-    let invalid = r#"credvend_sts_errors_total{code="InvalidResponse"}"#;
+    let invalid = r#"credvend_sts_errors_total{binding="default",code="InvalidResponse"}"#;
     eventually("two invalid responses", READY, || async {
         agent.metric(invalid).await.filter(|n| *n >= 2.0)
     })
     .await;
     assert_eq!(
         agent
-            .metric(r#"credvend_sts_errors_total{code="Other"}"#)
+            .metric(r#"credvend_sts_errors_total{binding="default",code="Other"}"#)
             .await,
         None
     );
@@ -541,7 +544,7 @@ async fn a_token_file_larger_than_any_token_is_refused_without_calling_sts() {
     opts.token = Some("a".repeat(10 << 20));
     let agent = AgentProcess::start(opts);
     agent.wait_up(READY).await;
-    let too_large = r#"credvend_token_errors_total{reason="too_large"}"#;
+    let too_large = r#"credvend_token_errors_total{binding="default",reason="too_large"}"#;
     eventually("three too-large errors", READY, || async {
         agent.metric(too_large).await.filter(|n| *n >= 3.0)
     })
@@ -610,7 +613,7 @@ async fn a_restarted_agent_serves_its_persisted_credentials_while_sts_is_down() 
     std::fs::write(agent.cache_file(), b"{\"version\":1,\"accessKeyId\":").unwrap();
     agent.restart();
     agent.wait_up(READY).await;
-    let garbled = r#"credvend_cache_file_errors_total{reason="garbled"}"#;
+    let garbled = r#"credvend_cache_file_errors_total{binding="default",reason="garbled"}"#;
     assert_eq!(agent.metric(garbled).await, Some(1.0));
     assert_eq!(agent.fetch().await.status, 503);
     let log = agent.log();
@@ -654,7 +657,7 @@ async fn a_tls_failure_towards_sts_is_named_as_such() {
     agent.wait_up(READY).await;
     eventually("a TLS error", READY, || async {
         agent
-            .metric(r#"credvend_sts_errors_total{code="TlsError"}"#)
+            .metric(r#"credvend_sts_errors_total{binding="default",code="TlsError"}"#)
             .await
     })
     .await;
@@ -708,4 +711,300 @@ async fn the_agent_runs_a_handful_of_threads_whatever_the_node_size() {
         "agent: {threads} threads, RSS {} kB",
         agent.proc_status("VmRSS")
     );
+}
+
+// ----- session policies, chains, several bindings, session names -----------------------------
+
+const CROSS_A: &str = "arn:aws:iam::444455556666:role/cross-a";
+const CROSS_B: &str = "arn:aws:iam::777788889999:role/cross-b";
+
+/// The recorded STS calls of `action`, whole (form, headers, SigV4 verdict, issued key).
+async fn calls(sts: &StsPeer, action: &str) -> Vec<serde_json::Value> {
+    sts.requests()
+        .await
+        .into_iter()
+        .filter(|r| r["form"]["Action"] == action)
+        .collect()
+}
+
+fn chained_plan() -> serde_json::Value {
+    serde_json::json!({
+        "name": "cross",
+        "roleArn": ROLE_ARN,
+        "duration": "2h",
+        "sessionName": "{namespace}.{pod}",
+        "audience": "sts.amazonaws.com",
+        "policy": r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#,
+        "policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+        "chain": [
+            {
+                "roleArn": CROSS_A,
+                "sessionName": "{binding}.{pod}",
+                "externalId": "partner-42",
+                "tags": [{"key": "team", "value": "a"}, {"key": "cost-center", "value": "42"}],
+                "transitiveTagKeys": ["team"],
+                "sourceIdentity": "team-a"
+            },
+            {"roleArn": CROSS_B, "sessionName": "{namespace}.{pod}"}
+        ]
+    })
+}
+
+fn pod_env(pod: &str) -> Vec<(String, String)> {
+    [
+        ("POD_NAMESPACE", "team-a"),
+        ("POD_NAME", pod),
+        ("POD_SERVICE_ACCOUNT", "app"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chained_binding_serves_the_last_role_and_signs_each_hop_with_the_previous_key() {
+    let sts = StsPeer::start();
+    let agent = AgentProcess::start(AgentOptions {
+        bindings: vec![chained_plan()],
+        env: pod_env("web-0"),
+        ..AgentOptions::new(sts.endpoint())
+    });
+    agent.wait_ready(READY).await;
+
+    // The app's SDK sees the last role of the chain.
+    let result = run_boto3(&agent, &sts);
+    assert_eq!(
+        result["arn"],
+        "arn:aws:sts::777788889999:assumed-role/cross-b/team-a.web-0"
+    );
+
+    let exchange = calls(&sts, "AssumeRoleWithWebIdentity").await;
+    let hops = calls(&sts, "AssumeRole").await;
+    assert_eq!((exchange.len(), hops.len()), (1, 2), "{hops:#?}");
+    let first = &exchange[0];
+    assert_eq!(first["form"]["RoleArn"], ROLE_ARN);
+    assert_eq!(
+        first["form"]["DurationSeconds"], "900",
+        "intermediate sessions are short"
+    );
+    assert!(
+        first["form"].get("Policy").is_none(),
+        "the policy narrows the served session"
+    );
+    assert!(first["sigv4"].is_null(), "the exchange is unsigned");
+
+    let hop1 = &hops[0]["form"];
+    assert_eq!(hop1["RoleArn"], CROSS_A);
+    assert_eq!(hop1["RoleSessionName"], "cross.web-0");
+    assert_eq!(hop1["DurationSeconds"], "900");
+    assert_eq!(hop1["ExternalId"], "partner-42");
+    assert_eq!(hop1["SourceIdentity"], "team-a");
+    assert_eq!(hop1["Tags.member.1.Key"], "team");
+    assert_eq!(hop1["Tags.member.1.Value"], "a");
+    assert_eq!(hop1["Tags.member.2.Key"], "cost-center");
+    assert_eq!(hop1["Tags.member.2.Value"], "42");
+    assert_eq!(hop1["TransitiveTagKeys.member.1"], "team");
+    assert!(hop1.get("Policy").is_none());
+
+    let hop2 = &hops[1]["form"];
+    assert_eq!(hop2["RoleArn"], CROSS_B);
+    assert_eq!(hop2["RoleSessionName"], "team-a.web-0");
+    assert_eq!(
+        hop2["DurationSeconds"], "3600",
+        "a chained session is clamped to 1h"
+    );
+    assert_eq!(
+        hop2["PolicyArns.member.1.arn"],
+        "arn:aws:iam::aws:policy/ReadOnlyAccess"
+    );
+    let policy: serde_json::Value = serde_json::from_str(hop2["Policy"].as_str().unwrap()).unwrap();
+    assert_eq!(policy["Statement"][0]["Action"], "s3:GetObject");
+    for tag in ["ExternalId", "SourceIdentity", "Tags.member.1.Key"] {
+        assert!(hop2.get(tag).is_none(), "{tag} is the first hop's only");
+    }
+
+    // Each hop is signed (a valid SigV4 signature) with the key the previous call issued.
+    for (hop, previous) in [(&hops[0], first), (&hops[1], &hops[0])] {
+        let sigv4 = &hop["sigv4"];
+        assert_eq!(sigv4["valid"], true, "{hop:#?}");
+        assert_eq!(sigv4["access_key_id"], previous["issued_access_key_id"]);
+    }
+    // What is served is the last hop's credentials.
+    let served = agent.fetch().await.json();
+    assert_eq!(served["AccessKeyId"], hops[1]["issued_access_key_id"]);
+    assert_eq!(served["AccountId"], "777788889999");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_agent_serves_each_binding_at_its_own_path_with_its_own_role() {
+    let sts = StsPeer::start();
+    let plan = |name: &str, role: &str| {
+        serde_json::json!({
+            "name": name, "roleArn": role, "duration": "1h",
+            "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
+        })
+    };
+    let agent = AgentProcess::start(AgentOptions {
+        bindings: vec![
+            plan("s3-reader", ROLE_ARN),
+            plan(
+                "queue-reader",
+                "arn:aws:iam::111122223333:role/queue-reader",
+            ),
+        ],
+        env: pod_env("web-0"),
+        ..AgentOptions::new(sts.endpoint())
+    });
+    agent.wait_ready(READY).await;
+    let default = run_boto3(&agent, &sts);
+    assert_eq!(
+        default["arn"],
+        "arn:aws:sts::111122223333:assumed-role/s3-reader/team-a.web-0"
+    );
+    let queue_uri = format!("{}/queue-reader", agent.credentials_url());
+    let queue = run_boto3_at(&agent, &sts, &queue_uri);
+    assert_eq!(
+        queue["arn"],
+        "arn:aws:sts::111122223333:assumed-role/queue-reader/team-a.web-0"
+    );
+    assert_ne!(default["access_key_id"], queue["access_key_id"]);
+    let token = agent.auth_token();
+    let other = http::request(
+        "GET",
+        &format!("{}/nope", agent.credentials_url()),
+        &[("authorization", token.as_bytes())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status, 404);
+    // Each binding is refreshed on its own and measured on its own.
+    assert_eq!(sts.web_identity_calls().await.len(), 2);
+    for binding in ["s3-reader", "queue-reader"] {
+        let sample = format!(
+            r#"credvend_credentials_refresh_total{{binding="{binding}",result="success"}}"#
+        );
+        assert_eq!(agent.metric(&sample).await, Some(1.0), "{sample}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_waits_for_every_binding() {
+    let sts = StsPeer::start();
+    let plan = |name: &str, token: &str| {
+        serde_json::json!({
+            "name": name, "roleArn": ROLE_ARN, "duration": "1h",
+            "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com",
+            "tokenFile": token,
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let second_token = dir.path().join("second-token");
+    let agent = AgentProcess::start(AgentOptions {
+        bindings: vec![
+            serde_json::json!({
+                "name": "s3-reader", "roleArn": ROLE_ARN, "duration": "1h",
+                "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
+            }),
+            plan("queue-reader", second_token.to_str().unwrap()),
+        ],
+        env: pod_env("web-0"),
+        ..AgentOptions::new(sts.endpoint())
+    });
+    // The second binding's token file is missing: not ready, and it says which binding.
+    let ready = agent.metrics_url("/healthz/ready");
+    let not_ready = eventually(
+        "the first binding served, the second not",
+        Duration::from_secs(20),
+        || async {
+            let reply = http::get(&ready).await.ok()?;
+            (reply.status == 503 && agent.fetch().await.status == 200).then_some(reply)
+        },
+    )
+    .await;
+    assert!(
+        not_ready.text().contains("queue-reader"),
+        "{}",
+        not_ready.text()
+    );
+    std::fs::write(&second_token, fake_jwt(Duration::from_secs(3600))).unwrap();
+    agent.wait_ready(READY).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_names_keep_long_pods_distinct_and_stay_the_same_across_refreshes_and_restarts() {
+    let sts = StsPeer::start();
+    // Credentials that live 30 s: the agent renews them within seconds.
+    sts.set_lifetime(30).await;
+    let prefix = "p".repeat(60);
+    let plan = serde_json::json!({
+        "name": "s3-reader", "roleArn": ROLE_ARN, "duration": "15m",
+        "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
+    });
+    let start = |pod: String| {
+        AgentProcess::start(AgentOptions {
+            bindings: vec![plan.clone()],
+            env: pod_env(&pod),
+            cache_dir: false,
+            ..AgentOptions::new(sts.endpoint())
+        })
+    };
+    let mut a = start(format!("{prefix}-a"));
+    let b = start(format!("{prefix}-b"));
+    a.wait_ready(READY).await;
+    b.wait_ready(READY).await;
+    // Two renewals of the first agent, then a restart of it.
+    eventually("two renewals", Duration::from_secs(60), || async {
+        (sts.web_identity_calls().await.len() >= 4).then_some(())
+    })
+    .await;
+    a.restart();
+    a.wait_ready(READY).await;
+    let names: Vec<String> = sts
+        .web_identity_calls()
+        .await
+        .iter()
+        .map(|c| c["RoleSessionName"].as_str().unwrap().to_owned())
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        2,
+        "one name per pod, whatever the refreshes: {names:#?}"
+    );
+    for name in distinct {
+        assert_eq!(name.len(), 64, "{name}");
+        assert!(name.starts_with("team-a.pppp"), "{name}");
+    }
+    assert!(names.len() >= 5, "{names:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_names_the_subject_and_audience_the_trust_policy_must_allow() {
+    let sts = StsPeer::start();
+    sts.fail("AccessDenied", 403).await;
+    let agent = AgentProcess::start(AgentOptions {
+        bindings: vec![serde_json::json!({
+            "name": "s3-reader", "roleArn": ROLE_ARN, "duration": "1h",
+            "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
+        })],
+        env: pod_env("web-0"),
+        ..AgentOptions::new(sts.endpoint())
+    });
+    let log = eventually(
+        "the AccessDenied log line",
+        Duration::from_secs(20),
+        || async {
+            let log = agent.log();
+            log.contains("AccessDenied").then_some(log)
+        },
+    )
+    .await;
+    for words in [
+        "sub = system:serviceaccount:team-a:app",
+        "aud = sts.amazonaws.com",
+        "credvend trust-policy",
+    ] {
+        assert!(log.contains(words), "{words:?} in {log}");
+    }
+    let sample = r#"credvend_sts_errors_total{binding="s3-reader",code="AccessDenied"}"#;
+    assert!(agent.metric(sample).await >= Some(1.0));
 }

@@ -56,8 +56,9 @@ async fn operator_injects_an_agent_that_vends_credentials_to_boto3() {
     let args = agent.args.clone().unwrap();
     assert_eq!(args[0], "agent");
     assert!(
-        args.windows(2)
-            .any(|w| w[0] == "--role-arn" && w[1] == ROLE_ARN),
+        args.windows(2).any(|w| w[0] == "--binding"
+            && serde_json::from_str::<serde_json::Value>(&w[1])
+                .is_ok_and(|plan| plan["roleArn"] == ROLE_ARN)),
         "{args:?}"
     );
     assert!(agent.startup_probe.is_some());

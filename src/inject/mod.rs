@@ -438,7 +438,12 @@ fn plan_and_build(
     let existing_agent = select::existing_agent(spec);
     select::check_pod(spec, &options, settings, existing_agent.is_some())?;
     let service_account = select::service_account(spec);
-    let default = select::binding(requested, service_account, candidates)?;
+    let default = select::binding(
+        requested,
+        service_account,
+        candidates,
+        &options.mapped_bindings(),
+    )?;
     let default_name = binding_name(default);
     let mut bindings = vec![patch::Served {
         binding: default,

@@ -329,11 +329,14 @@ pub(super) fn service_account(spec: &PodSpec) -> &str {
 }
 
 /// Chooses the binding: the one named by the annotation (which must name the pod's service
-/// account), else the only one in the namespace that names the pod's service account.
+/// account), else the only one in the namespace that names the pod's service account, leaving
+/// out those that `mapped` (`credvend.io/container-bindings`) gives to some containers when
+/// others remain: with a queue reader mapped to one container, "the rest" is the other.
 pub(super) fn binding<'b>(
     requested: Option<&str>,
     service_account: &str,
     candidates: &Candidates<'b>,
+    mapped: &BTreeSet<&str>,
 ) -> Result<&'b AWSRoleBinding, DenyReason> {
     let namespace = candidates.namespace;
     let mut in_namespace = candidates
@@ -358,9 +361,13 @@ pub(super) fn binding<'b>(
         }
         return Ok(binding);
     }
-    let matching: Vec<&AWSRoleBinding> = in_namespace
+    let mut matching: Vec<&AWSRoleBinding> = in_namespace
         .filter(|b| b.spec.service_account_name == service_account)
         .collect();
+    let unmapped = |b: &&AWSRoleBinding| !mapped.contains(b.metadata.name.as_deref().unwrap_or(""));
+    if matching.iter().any(unmapped) {
+        matching.retain(unmapped);
+    }
     match matching.as_slice() {
         [one] => Ok(one),
         [] => Err(DenyReason::NoBinding {
@@ -450,8 +457,18 @@ pub(super) fn extra_bindings<'b>(
         .collect();
     names
         .into_iter()
-        .map(|name| binding(Some(name), service_account, candidates))
+        .map(|name| binding(Some(name), service_account, candidates, &BTreeSet::new()))
         .collect()
+}
+
+impl Options {
+    /// The bindings `credvend.io/container-bindings` names.
+    pub(super) fn mapped_bindings(&self) -> BTreeSet<&str> {
+        self.container_bindings
+            .values()
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 fn all_containers(spec: &PodSpec) -> impl Iterator<Item = (ContainerList, &Container)> {

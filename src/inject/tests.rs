@@ -1374,3 +1374,278 @@ fn updates_may_not_add_or_change_the_binding_label() {
         }
     }
 }
+
+// ----- several bindings per pod, include-containers ------------------------------------------
+
+fn env_value(container: &Container, name: &str) -> Option<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+fn plans(agent: &Container) -> Vec<crate::plan::BindingPlan> {
+    let args = agent.args.clone().unwrap();
+    args.windows(2)
+        .filter(|w| w[0] == "--binding")
+        .map(|w| serde_json::from_str(&w[1]).unwrap())
+        .collect()
+}
+
+fn three_containers(annotations: Value) -> Value {
+    pod_with(json!({
+        "metadata": {"annotations": annotations},
+        "spec": {"containers": [
+            {"name": "app", "image": "app:1"},
+            {"name": "worker", "image": "worker:1"},
+            {"name": "uploader", "image": "uploader:1"}
+        ]}
+    }))
+}
+
+#[test]
+fn container_bindings_give_each_container_its_own_uri_and_one_agent_serves_all() {
+    let bindings = [
+        binding("s3-reader", "app"),
+        with(binding("queue-reader", "app"), |s| {
+            s.audience = "queues".into();
+            s.region = Some("eu-west-1".into());
+        }),
+        binding("s3-writer", "app"),
+    ];
+    let pod = three_containers(json!({
+        "credvend.io/container-bindings": "worker=queue-reader, uploader=s3-writer"
+    }));
+    // s3-reader is the default although three bindings name `app`: the mapped ones are not.
+    let after = applied(&pod, &bindings);
+    let spec = after.spec.unwrap();
+    let uri = |name: &str| {
+        let c = spec.containers.iter().find(|c| c.name == name).unwrap();
+        env_value(c, "AWS_CONTAINER_CREDENTIALS_FULL_URI").unwrap()
+    };
+    assert_eq!(uri("app"), "http://127.0.0.1:9911/v1/credentials");
+    assert_eq!(
+        uri("worker"),
+        "http://127.0.0.1:9911/v1/credentials/queue-reader"
+    );
+    assert_eq!(
+        uri("uploader"),
+        "http://127.0.0.1:9911/v1/credentials/s3-writer"
+    );
+    let worker = spec.containers.iter().find(|c| c.name == "worker").unwrap();
+    assert_eq!(
+        env_value(worker, "AWS_REGION").as_deref(),
+        Some("eu-west-1")
+    );
+    assert_eq!(env_value(&spec.containers[0], "AWS_REGION"), None);
+    let agents: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == AGENT_CONTAINER_NAME)
+        .collect();
+    assert_eq!(agents.len(), 1);
+    let plans = plans(agents[0]);
+    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["s3-reader", "queue-reader", "s3-writer"]);
+    let files: Vec<String> = plans
+        .iter()
+        .map(|p| p.token_file.display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/var/run/secrets/credvend.io/serviceaccount/token",
+            "/var/run/secrets/credvend.io/serviceaccount/token-queue-reader",
+            "/var/run/secrets/credvend.io/serviceaccount/token",
+        ],
+        "one token per audience"
+    );
+    let token = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == TOKEN_VOLUME)
+        .unwrap();
+    let audiences: Vec<_> = token
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .iter()
+        .flatten()
+        .map(|s| {
+            let t = s.service_account_token.as_ref().unwrap();
+            (t.path.clone(), t.audience.clone().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        audiences,
+        [
+            ("token".to_owned(), "sts.amazonaws.com".to_owned()),
+            ("token-queue-reader".to_owned(), "queues".to_owned())
+        ]
+    );
+    // The label counts the pod for its default binding.
+    assert_eq!(
+        after
+            .metadata
+            .labels
+            .unwrap()
+            .get(LABEL_BINDING)
+            .map(String::as_str),
+        Some("s3-reader")
+    );
+}
+
+#[test]
+fn a_multi_binding_pod_is_recognised_on_reinvocation() {
+    let bindings = [binding("s3-reader", "app"), binding("queue-reader", "app")];
+    let pod = three_containers(json!({"credvend.io/container-bindings": "worker=queue-reader"}));
+    let once = as_the_api_server_keeps_it(patched(&pod, &bindings));
+    assert_eq!(
+        decide_on(&once, &bindings),
+        Decision::Skip {
+            reason: SkipReason::AlreadyInjected
+        }
+    );
+}
+
+#[test]
+fn container_bindings_and_include_containers_are_checked() {
+    let app = || vec![binding("s3-reader", "app"), binding("queue-reader", "app")];
+    let cases: Vec<(&str, Value, Vec<AWSRoleBinding>, &str, Vec<&str>)> = vec![
+        (
+            "both skip and include",
+            three_containers(
+                json!({"credvend.io/skip-containers": "worker", "credvend.io/include-containers": "app"}),
+            ),
+            app(),
+            "skip_and_include",
+            vec!["use one"],
+        ),
+        (
+            "include names an unknown container",
+            three_containers(json!({"credvend.io/include-containers": "wrker"})),
+            app(),
+            "unknown_containers",
+            vec!["credvend.io/include-containers", "\"wrker\""],
+        ),
+        (
+            "mapping without =",
+            three_containers(json!({"credvend.io/container-bindings": "worker"})),
+            app(),
+            "invalid_container_bindings",
+            vec!["<container>=<binding>"],
+        ),
+        (
+            "mapping for an unknown container",
+            three_containers(json!({"credvend.io/container-bindings": "wrker=queue-reader"})),
+            app(),
+            "unknown_containers",
+            vec!["credvend.io/container-bindings", "\"wrker\""],
+        ),
+        (
+            "mapping for a skipped container",
+            three_containers(
+                json!({"credvend.io/container-bindings": "worker=queue-reader", "credvend.io/skip-containers": "worker"}),
+            ),
+            app(),
+            "container_binding_for_excluded",
+            vec!["\"worker\""],
+        ),
+        (
+            "mapping to another service account's binding",
+            three_containers(json!({"credvend.io/container-bindings": "worker=other"})),
+            vec![binding("s3-reader", "app"), binding("other", "web")],
+            "wrong_service_account",
+            vec!["team-a/other", "\"web\""],
+        ),
+        (
+            "mapping to a binding that does not exist",
+            three_containers(json!({"credvend.io/container-bindings": "worker=queue-raeder"})),
+            vec![binding("s3-reader", "app")],
+            "unknown_binding",
+            vec!["\"queue-raeder\""],
+        ),
+    ];
+    for (name, pod, bindings, label, words) in cases {
+        let Decision::Deny { reason } = decide_on(&pod, &bindings) else {
+            panic!("{name}: not denied");
+        };
+        assert_eq!(reason.metric_label(), label, "{name}: {reason}");
+        let message = reason.to_string();
+        for w in words {
+            assert!(message.contains(w), "{name}: {w:?} in {message}");
+        }
+    }
+}
+
+#[test]
+fn include_containers_configures_only_the_listed_ones() {
+    let pod = three_containers(json!({"credvend.io/include-containers": "worker"}));
+    let after = applied(&pod, &[binding("s3-reader", "app")]);
+    let configured: Vec<&str> = after
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .filter(|c| env_value(c, "AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(configured, ["worker"]);
+}
+
+#[test]
+fn chains_and_session_options_reach_the_agent_plan() {
+    let b = with(binding("s3-reader", "app"), |s| {
+        s.session_name = Some("{binding}.{pod}".into());
+        s.session_policy = Some("{ \"Statement\": { \"Effect\": \"Allow\", \"Action\": \"s3:GetObject\", \"Resource\": \"*\" } }".into());
+        s.session_duration = "2h".into();
+        s.chain = vec![crate::crd::ChainHop {
+            role_arn: "arn:aws:iam::444455556666:role/cross".into(),
+            session_name: None,
+            external_id: Some("partner-42".into()),
+            session_tags: vec![crate::crd::SessionTag {
+                key: "team".into(),
+                value: "a".into(),
+            }],
+            transitive_tag_keys: vec!["team".into()],
+            source_identity: Some("team-a".into()),
+            session_policy: None,
+            session_policy_arns: Vec::new(),
+        }];
+    });
+    let Decision::Inject { warnings, .. } = decide_on(&base_pod(), std::slice::from_ref(&b)) else {
+        panic!("expected an injection");
+    };
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("1h STS allows a chained session")),
+        "{warnings:?}"
+    );
+    let after = applied(&base_pod(), &[b]);
+    let spec = after.spec.unwrap();
+    let plan = &plans(&spec.init_containers.unwrap()[0])[0];
+    assert_eq!(plan.session_name, "{binding}.{pod}");
+    assert_eq!(
+        plan.duration, "2h",
+        "the agent applies the chaining rule itself"
+    );
+    assert!(
+        plan.policy.as_deref().is_some_and(|p| !p.contains(' ')),
+        "compact"
+    );
+    let hop = &plan.chain[0];
+    assert_eq!(
+        hop.session_name, "{binding}.{pod}",
+        "hops default to the binding's"
+    );
+    assert_eq!(hop.external_id.as_deref(), Some("partner-42"));
+    assert_eq!(hop.tags[0].key, "team");
+    assert_eq!(hop.source_identity.as_deref(), Some("team-a"));
+}

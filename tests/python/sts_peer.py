@@ -5,6 +5,10 @@ agent *sent*. This wraps moto's WSGI app:
 
 - every STS request is recorded (method, path, form fields, a few headers) and listed as JSON at
   GET /__credvend/requests;
+- a signed request's SigV4 signature is verified with the secret of the credentials this peer
+  issued for its access key id ("sigv4": {"access_key_id", "valid"}; null when unsigned), and
+  each answer's AccessKeyId is recorded ("issued_access_key_id"), so a test can check that a
+  chained AssumeRole was signed with the previous hop's credentials (moto checks no signature);
 - POST /__credvend/fail?code=Throttling&status=400 makes every STS call fail with that AWS error
   until POST /__credvend/recover;
 - POST /__credvend/lifetime?seconds=N rewrites the Expiration of issued credentials to now+N
@@ -24,6 +28,8 @@ and then prints a second line, "tls https://ADDR:PORT".
 
 import argparse
 import datetime
+import hashlib
+import hmac
 import io
 import json
 import re
@@ -42,6 +48,40 @@ ERROR_XML = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 </ErrorResponse>"""
 
 RECORDED_HEADERS = ("content-type", "user-agent", "authorization", "x-amz-date")
+AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/]+)/([^/]+)/([^/]+)/([^/]+)/aws4_request, "
+    r"SignedHeaders=([^,]+), Signature=([0-9a-f]+)"
+)
+CREDENTIALS = re.compile(rb"<Credentials>(.*?)</Credentials>", re.S)
+
+
+def issued_credentials(body):
+    """(access key id, secret) of the credentials in an STS answer, or None."""
+    block = CREDENTIALS.search(body)
+    key_id = block and re.search(rb"<AccessKeyId>([^<]+)</AccessKeyId>", block.group(1))
+    secret = block and re.search(rb"<SecretAccessKey>([^<]+)</SecretAccessKey>", block.group(1))
+    return (key_id.group(1).decode(), secret.group(1).decode()) if key_id and secret else None
+
+
+def sigv4_valid(req, body, secret, date, region, service, signed_headers, signature):
+    """Recomputes a SigV4 signature (AWS's documented algorithm) and compares."""
+    def encode(s):
+        return urllib.parse.quote(s, safe="-_.~")
+
+    query = sorted(urllib.parse.parse_qsl(req.query_string.decode(), keep_blank_values=True))
+    canonical_query = "&".join(f"{encode(k)}={encode(v)}" for k, v in query)
+    names = signed_headers.split(";")
+    canonical_headers = "".join(f"{n}:{' '.join(req.headers.get(n, '').strip().split())}\n" for n in names)
+    payload = req.headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    canonical = "\n".join([req.method, req.path or "/", canonical_query, canonical_headers, signed_headers, payload])
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", req.headers.get("x-amz-date", ""), scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), signature)
 
 
 class Peer:
@@ -54,6 +94,7 @@ class Peer:
         self.garbled = False
         self.delay = 0.0
         self.in_flight = 0
+        self.issued = {}  # access key id -> secret, of every set of credentials answered
 
     def __call__(self, environ, start_response):
         req = Request(environ)
@@ -68,8 +109,19 @@ class Peer:
             "form": form,
             "headers": {k.lower(): v for k, v in req.headers.items() if k.lower() in RECORDED_HEADERS},
             "time": time.time(),
+            "sigv4": None,
+            "issued_access_key_id": None,
         }
+        signed = AUTHORIZATION.fullmatch(req.headers.get("authorization", ""))
         with self.lock:
+            if signed:
+                key_id, date, region, service, names, signature = signed.groups()
+                secret = self.issued.get(key_id)
+                record["sigv4"] = {
+                    "access_key_id": key_id,
+                    "valid": secret is not None
+                    and sigv4_valid(req, body, secret, date, region, service, names, signature),
+                }
             self.requests.append(record)
             failure = self.failure
             lifetime = self.lifetime
@@ -91,11 +143,10 @@ class Peer:
             return Response(xml, status=status, content_type="text/xml")(environ, start_response)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        if not lifetime:
-            return self.app(environ, start_response)
-        return self.rewrite_expiration(environ, start_response, lifetime)
+        return self.forward(environ, start_response, lifetime, record)
 
-    def rewrite_expiration(self, environ, start_response, lifetime):
+    def forward(self, environ, start_response, lifetime, record):
+        """moto's answer, with the issued credentials noted and the expiry rewritten if asked."""
         captured = {}
 
         def capture(status, headers, exc_info=None):
@@ -103,9 +154,16 @@ class Peer:
             return lambda data: None
 
         chunks = b"".join(self.app(environ, capture))
-        exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
-        stamp = exp.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
-        chunks = re.sub(rb"<Expiration>[^<]*</Expiration>", b"<Expiration>" + stamp + b"</Expiration>", chunks)
+        issued = issued_credentials(chunks)
+        if issued:
+            key_id, secret = issued
+            with self.lock:
+                self.issued[key_id] = secret
+                record["issued_access_key_id"] = key_id
+        if lifetime:
+            exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
+            stamp = exp.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+            chunks = re.sub(rb"<Expiration>[^<]*</Expiration>", b"<Expiration>" + stamp + b"</Expiration>", chunks)
         headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(chunks))))
         start_response(captured["status"], headers)

@@ -60,6 +60,9 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// The metrics port to use instead of a free one.
     pub metrics_port: Option<u16>,
+    /// Binding plans to pass as `--binding` (the webhook's way) instead of `--role-arn` and
+    /// its flags. `tokenFile`, `stsEndpoint` and `region` default to the test's.
+    pub bindings: Vec<serde_json::Value>,
 }
 
 impl AgentOptions {
@@ -73,6 +76,7 @@ impl AgentOptions {
             cache_dir: true,
             env: Vec::new(),
             metrics_port: None,
+            bindings: Vec::new(),
         }
     }
 }
@@ -96,18 +100,12 @@ impl AgentProcess {
         if let Some(token) = &opts.token {
             std::fs::write(dir.path().join("token"), token).unwrap();
         }
-        let mut args: Vec<String> = [
-            "agent",
+        let token_file = dir.path().join("token").to_str().unwrap().to_owned();
+        let single: Vec<String> = [
             "--role-arn",
             &opts.role_arn,
             "--token-file",
-            dir.path().join("token").to_str().unwrap(),
-            "--auth-token-file",
-            dir.path().join("auth/token").to_str().unwrap(),
-            "--listen",
-            &format!("{}:{port}", opts.listen_host),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
+            &token_file,
             "--sts-endpoint",
             &opts.sts_endpoint,
             "--region",
@@ -115,9 +113,38 @@ impl AgentProcess {
             "--session-name",
             SESSION_NAME,
         ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        .map(str::to_owned)
+        .into();
+        let plans = opts.bindings.iter().flat_map(|plan| {
+            let mut plan = plan.clone();
+            for (key, value) in [
+                ("tokenFile", &token_file),
+                ("stsEndpoint", &opts.sts_endpoint),
+                ("region", &"us-east-1".to_owned()),
+            ] {
+                if plan.get(key).is_none() {
+                    plan[key] = value.clone().into();
+                }
+            }
+            ["--binding".to_owned(), plan.to_string()]
+        });
+        let mut args: Vec<String> = vec!["agent".to_owned()];
+        if opts.bindings.is_empty() {
+            args.extend(single);
+        } else {
+            args.extend(plans);
+        }
+        args.extend(
+            [
+                "--auth-token-file",
+                dir.path().join("auth/token").to_str().unwrap(),
+                "--listen",
+                &format!("{}:{port}", opts.listen_host),
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ]
+            .map(|s| s.to_string()),
+        );
         if opts.cache_dir {
             std::fs::create_dir(dir.path().join("cache")).unwrap();
         }

@@ -567,8 +567,13 @@ pub async fn run_injected_agent(
     let mut it = injected.iter();
     while let Some(flag) = it.next() {
         args.push(flag.clone());
-        if matches!(flag.as_str(), "--token-file" | "--auth-token-file") {
+        if flag == "--auth-token-file" {
             args.push(map_path(it.next().unwrap()).display().to_string());
+        } else if flag == "--binding" {
+            let mut plan: serde_json::Value = serde_json::from_str(it.next().unwrap()).unwrap();
+            let mapped = map_path(plan["tokenFile"].as_str().unwrap());
+            plan["tokenFile"] = mapped.display().to_string().into();
+            args.push(plan.to_string());
         } else if flag == "--cache-file" {
             // The kubelet would provide the credvend-cache emptyDir.
             let cache = map_path(it.next().unwrap());
@@ -589,6 +594,7 @@ pub async fn run_injected_agent(
         let value = match field {
             Some("metadata.name") => stored.name_any(),
             Some("metadata.namespace") => namespace.to_owned(),
+            Some("spec.serviceAccountName") => service_account.clone(),
             Some(other) => panic!("downward API field {other} is not simulated"),
             None => e.value.clone().unwrap_or_default(),
         };
