@@ -493,3 +493,235 @@ async fn a_binding_whose_sts_endpoint_the_operator_does_not_allow_is_not_ready()
     assert_eq!(replica.metrics.leader.get(), 1);
     replica.shutdown().await;
 }
+
+fn binding_with(name: &str, spec: serde_json::Value) -> AWSRoleBinding {
+    let mut full = json!({"serviceAccountName": "app", "roleArn": ROLE_ARN});
+    json_patch::merge(&mut full, &spec);
+    serde_json::from_value(json!({
+        "apiVersion": "credvend.io/v1alpha1",
+        "kind": "AWSRoleBinding",
+        "metadata": {"name": name},
+        "spec": full,
+    }))
+    .unwrap()
+}
+
+const CROSS: &str = "arn:aws:iam::444455556666:role/cross";
+
+#[tokio::test]
+async fn the_api_server_refuses_bad_session_options_and_chains_with_the_fix_named() {
+    let (client, ns) = setup("session-options").await;
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+    let arns: Vec<String> = (0..11)
+        .map(|i| format!("arn:aws:iam::111122223333:policy/p{i}"))
+        .collect();
+    let cases = [
+        (
+            "policy",
+            json!({"sessionPolicy": "allow s3"}),
+            "sessionPolicy must be an IAM policy document in JSON",
+        ),
+        (
+            "arns",
+            json!({"sessionPolicyArns": ["ReadOnlyAccess"]}),
+            "sessionPolicyArns must be managed policy ARNs",
+        ),
+        (
+            "eleven-arns",
+            json!({"sessionPolicyArns": arns}),
+            "must have at most 10 items",
+        ),
+        (
+            "template",
+            json!({"sessionName": "{namespace}.{podname}"}),
+            "sessionName must be letters, digits",
+        ),
+        (
+            "hop-role",
+            json!({"chain": [{"roleArn": "cross-account"}]}),
+            "chain[].roleArn must be an IAM role ARN",
+        ),
+        (
+            "hop-external-id",
+            json!({"chain": [{"roleArn": CROSS, "externalId": "has space"}]}),
+            "chain[].externalId must be 2 to 1224",
+        ),
+        (
+            "hop-tag-key",
+            json!({"chain": [{"roleArn": CROSS, "sessionTags": [{"key": "aws:team", "value": "a"}]}]}),
+            "must not start with aws:",
+        ),
+        (
+            "hop-tag-twice",
+            json!({"chain": [{"roleArn": CROSS, "sessionTags": [{"key": "team", "value": "a"}, {"key": "Team", "value": "b"}]}]}),
+            "must not repeat a key",
+        ),
+        (
+            "hop-transitive",
+            json!({"chain": [{"roleArn": CROSS, "sessionTags": [{"key": "team", "value": "a"}], "transitiveTagKeys": ["cost"]}]}),
+            "transitiveTagKeys may only name keys",
+        ),
+        (
+            "hop-source-identity",
+            json!({"chain": [{"roleArn": CROSS, "sourceIdentity": "a b"}]}),
+            "chain[].sourceIdentity must be 2 to 64",
+        ),
+    ];
+    for (name, spec, words) in cases {
+        let err = bindings
+            .create(&PostParams::default(), &binding_with(name, spec))
+            .await
+            .expect_err(name);
+        let kube::Error::Api(status) = &err else {
+            panic!("{name}: {err}");
+        };
+        assert_eq!(status.code, 422, "{name}: {status:?}");
+        assert!(
+            status.message.contains(words),
+            "{name}: {words:?} in {}",
+            status.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_chained_binding_says_its_session_is_clamped_and_what_the_role_must_trust() {
+    let (client, ns) = setup("chained").await;
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+    let replica = Replica::start(&client, &ns, "replica-a");
+    let chained = json!({
+        "sessionDuration": "2h",
+        "audience": "sts.example.com",
+        "sessionPolicy": "{\"Statement\": {\"Effect\": \"Allow\", \"Action\": \"s3:GetObject\", \"Resource\": \"*\"}}",
+        "chain": [{"roleArn": CROSS, "externalId": "partner-42"}],
+    });
+    // What the schema cannot say: a source identity that changes, a policy without Statement.
+    let changing = json!({"serviceAccountName": "other", "chain": [
+        {"roleArn": CROSS, "sourceIdentity": "team-a"},
+        {"roleArn": "arn:aws:iam::777788889999:role/next", "sourceIdentity": "team-b"}
+    ]});
+    let statementless =
+        json!({"serviceAccountName": "third", "sessionPolicy": "{\"Version\": \"2012-10-17\"}"});
+    for (name, spec) in [
+        ("chained", chained),
+        ("changing", changing),
+        ("statementless", statementless),
+    ] {
+        bindings
+            .create(&PostParams::default(), &binding_with(name, spec))
+            .await
+            .unwrap();
+    }
+    let clamped = wait_for_binding(&bindings, "chained", "Ready=True", |b| {
+        ready(b).is_some_and(|(status, ..)| status == "True")
+    })
+    .await;
+    let (_, reason, message, _) = ready(&clamped).unwrap();
+    assert_eq!(reason, "ChainedSessionClamped");
+    for words in [
+        "may use role arn:aws:iam::111122223333:role/s3-reader, then arn:aws:iam::444455556666:role/cross",
+        "sessions of 1h",
+        "longer than the 1h STS allows a chained session",
+    ] {
+        assert!(message.contains(words), "{words:?} in {message}");
+    }
+    let status = clamped.status.unwrap();
+    assert_eq!(
+        status.subject.as_deref(),
+        Some(format!("system:serviceaccount:{ns}:app").as_str())
+    );
+    assert_eq!(status.audience.as_deref(), Some("sts.example.com"));
+    for (name, want_reason, words) in [
+        (
+            "changing",
+            "InvalidChain",
+            "chain[1].sourceIdentity \"team-b\" differs",
+        ),
+        (
+            "statementless",
+            "InvalidSessionPolicy",
+            "needs a \"Statement\"",
+        ),
+    ] {
+        let refused = wait_for_binding(&bindings, name, "Ready=False", |b| {
+            ready(b).is_some_and(|(status, ..)| status == "False")
+        })
+        .await;
+        let (_, reason, message, _) = ready(&refused).unwrap();
+        assert_eq!(reason, want_reason, "{message}");
+        assert!(message.contains(words), "{words:?} in {message}");
+    }
+    replica.shutdown().await;
+}
+
+#[tokio::test]
+async fn trust_policy_prints_what_each_role_must_trust_from_the_clusters_issuer() {
+    let (client, ns) = setup("trust").await;
+    let cp = k8s::shared().await.unwrap();
+    let bindings = Api::<AWSRoleBinding>::namespaced(client.clone(), &ns);
+    let spec = json!({"chain": [{"roleArn": CROSS, "externalId": "partner-42",
+                                 "sessionTags": [{"key": "team", "value": "a"}]}]});
+    bindings
+        .create(&PostParams::default(), &binding_with("cross", spec))
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credvend"))
+        .args(["trust-policy", "--namespace", &ns, "cross"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two blocks: a `#` line naming the role, then its policy.
+    let blocks: Vec<(&str, serde_json::Value)> = text
+        .split("\n\n")
+        .map(|block| {
+            let (head, policy) = block.split_once('\n').unwrap();
+            (head, serde_json::from_str(policy).unwrap())
+        })
+        .collect();
+    assert_eq!(blocks.len(), 2, "{text}");
+    let provider = cp
+        .issuer()
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    assert!(blocks[0].0.contains(ROLE_ARN), "{}", blocks[0].0);
+    let first = &blocks[0].1["Statement"][0];
+    assert_eq!(
+        first["Principal"]["Federated"],
+        format!("arn:aws:iam::111122223333:oidc-provider/{provider}")
+    );
+    assert_eq!(
+        first["Condition"]["StringEquals"][format!("{provider}:sub")],
+        format!("system:serviceaccount:{ns}:app")
+    );
+    assert_eq!(
+        first["Condition"]["StringEquals"][format!("{provider}:aud")],
+        "sts.amazonaws.com"
+    );
+    let hop = &blocks[1].1["Statement"][0];
+    assert!(blocks[1].0.contains(CROSS));
+    assert_eq!(hop["Principal"]["AWS"], ROLE_ARN);
+    assert_eq!(hop["Action"], json!(["sts:AssumeRole", "sts:TagSession"]));
+    assert_eq!(
+        hop["Condition"]["StringEquals"]["sts:ExternalId"],
+        "partner-42"
+    );
+
+    // A binding that does not exist is named in the error.
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_credvend"))
+        .args(["trust-policy", "-n", &ns, "nope"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains(&format!("AWSRoleBinding {ns}/nope")),
+        "{stderr}"
+    );
+}
