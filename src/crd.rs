@@ -66,8 +66,10 @@ const CEL_REGION: &str = "self.matches('^[a-z]{2,4}(-[a-z]+){1,3}-[0-9]{1,2}$')"
 /// The most AssumeRole hops after the exchange. STS sets no limit of its own; every hop is a
 /// call per refresh, and more than a few is a design to rethink.
 pub const MAX_CHAIN_HOPS: usize = 5;
-const CEL_TRANSITIVE_KEYS: &str = "!has(self.transitiveTagKeys) || self.transitiveTagKeys.all(k, has(self.sessionTags) && self.sessionTags.exists(t, t.key == k))";
-const CEL_UNIQUE_TAG_KEYS: &str =
+/// Transitive tag keys must be keys of the same hop's tags (public for the fuzz oracle).
+pub const CEL_TRANSITIVE_KEYS: &str = "!has(self.transitiveTagKeys) || self.transitiveTagKeys.all(k, has(self.sessionTags) && self.sessionTags.exists(t, t.key == k))";
+/// No tag key twice, ignoring ASCII case (public for the fuzz oracle).
+pub const CEL_UNIQUE_TAG_KEYS: &str =
     "self.all(t, self.exists_one(u, u.key.lowerAscii() == t.key.lowerAscii()))";
 
 /// `rule`, written for one string as `self`, applied to every item of a list.

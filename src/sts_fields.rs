@@ -108,7 +108,10 @@ pub fn check_policy_arns(arns: &[String]) -> Result<(), FieldError> {
     if arns.len() > MAX_POLICY_ARNS {
         return Err(FieldError::TooManyPolicyArns(arns.len()));
     }
-    match arns.iter().find(|arn| !is_policy_arn(arn)) {
+    match arns
+        .iter()
+        .find(|arn| arn.len() > 2048 || !is_policy_arn(arn))
+    {
         Some(bad) => Err(FieldError::PolicyArn(bad.clone())),
         None => Ok(()),
     }
@@ -156,7 +159,9 @@ pub fn check_tags<'a>(
         return Err(FieldError::TooManyTags(tags.len()));
     }
     let mut seen = BTreeSet::new();
+    let mut keys = BTreeSet::new();
     for (key, value) in tags {
+        keys.insert(key);
         let key_ok = (1..=MAX_TAG_KEY_CHARS).contains(&key.chars().count())
             && key.chars().all(is_tag_char)
             && !key.to_ascii_lowercase().starts_with("aws:");
@@ -170,10 +175,11 @@ pub fn check_tags<'a>(
             return Err(FieldError::DuplicateTag(key.to_owned()));
         }
     }
-    match transitive
-        .iter()
-        .find(|k| !seen.contains(&k.to_lowercase()))
-    {
+    if transitive.len() > MAX_TAGS {
+        return Err(FieldError::TooManyTags(transitive.len()));
+    }
+    // Exactly as written: the key STS matches is the tag's.
+    match transitive.iter().find(|k| !keys.contains(k.as_str())) {
         Some(key) => Err(FieldError::TransitiveKeyNotTagged(key.clone())),
         None => Ok(()),
     }

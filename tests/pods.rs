@@ -585,3 +585,111 @@ async fn under_run_as_non_root_and_fs_group_the_agent_is_65532_read_only_without
     assert_eq!(report["ok"], true, "{report}");
     eprintln!("test time: {:.1?}", started.elapsed());
 }
+
+/// A binding `name` of service account `sa` to role `name`, with the pods' STS endpoint.
+fn role_binding(name: &str, ns: &str, sa: &str, sts: &str) -> AWSRoleBinding {
+    let mut binding = binding_yaml(name, ns, sa, sts);
+    binding.spec.role_arn = format!("arn:aws:iam::111122223333:role/{name}");
+    binding
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_with_two_bindings_gives_each_container_its_own_role_through_one_agent() {
+    let world = world().await;
+    let started = Instant::now();
+    let sts = world.sts.pod_endpoint();
+    let (client, ns) = namespace(world, "two-roles", sts).await;
+    let bindings: Api<AWSRoleBinding> = Api::namespaced(client.clone(), &ns);
+    for (name, sa) in [("queue-reader", "app"), ("web-only", "web")] {
+        bindings
+            .create(&PostParams::default(), &role_binding(name, &ns, sa, sts))
+            .await
+            .unwrap();
+        wait_binding_ready(&bindings, name, 0).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut worker = sdk_container(sts, 2, 0);
+    worker["name"] = json!("worker");
+    let mut pod = sdk_pod("multi-0", "app", sts, 2, 0, json!({}));
+    pod.metadata.annotations.get_or_insert_default().insert(
+        "credvend.io/container-bindings".into(),
+        "worker=queue-reader".into(),
+    );
+    pod.spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .push(serde_json::from_value(worker).unwrap());
+    let stored = create(&pods, &pod).await;
+    let spec = stored.spec.as_ref().unwrap();
+    let agents = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == "credvend-agent")
+        .count();
+    assert_eq!(agents, 1, "one agent serves both bindings");
+    let uri = |name: &str| {
+        spec.containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| {
+                c.env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            })
+            .and_then(|e| e.value.clone())
+            .unwrap()
+    };
+    assert!(uri("app").ends_with("/v1/credentials"), "{}", uri("app"));
+    assert!(
+        uri("worker").ends_with("/v1/credentials/queue-reader"),
+        "{}",
+        uri("worker")
+    );
+
+    let phase = wait_pod(&pods, "multi-0", "end", &world.node, finished).await;
+    let diagnostics = pods::diagnostics(&pods, "multi-0").await;
+    assert_eq!(phase, "Succeeded", "{diagnostics}");
+    let report = |container: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let text = pods::log(&pods, "multi-0", container).await;
+            let line = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or("{}")
+                .to_owned();
+            serde_json::from_str::<serde_json::Value>(&line).unwrap()
+        }
+    };
+    let app = report("app").await;
+    let queue = report("worker").await;
+    assert_eq!(app["arn"], arn(&ns, "multi-0"), "{app}\n{diagnostics}");
+    assert_eq!(
+        queue["arn"],
+        format!("arn:aws:sts::111122223333:assumed-role/queue-reader/{ns}.multi-0"),
+        "{queue}\n{diagnostics}"
+    );
+
+    // A container may only use bindings of the pod's own service account.
+    let mut foreign = sdk_pod("multi-1", "app", sts, 1, 0, json!({}));
+    foreign.metadata.annotations.get_or_insert_default().insert(
+        "credvend.io/container-bindings".into(),
+        "app=web-only".into(),
+    );
+    let err = pods
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect_err("a binding of another service account is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "AWSRoleBinding {ns}/web-only does not allow service account \"app\""
+        )),
+        "{message}"
+    );
+    eprintln!("test time: {:.1?}", started.elapsed());
+}

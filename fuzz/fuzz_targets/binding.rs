@@ -3,7 +3,8 @@
 //! Properties: validation never panics; a spec it accepts also passes every bound, pattern and
 //! rule of the generated CRD schema (see `credvend_fuzz::schema` for what is evaluated), so
 //! the controller never calls Ready a binding the API server would refuse; its parsed duration
-//! is within STS's limits and carries the short-session warning exactly below 40 minutes; a
+//! is within STS's limits, a chained session is clamped to an hour with a warning, and the
+//! short-session warning comes exactly when the served session is below 40 minutes; a
 //! spec it refuses gets at least one error, each with a message and a stable reason.
 #![no_main]
 
@@ -35,8 +36,15 @@ fuzz_target!(|data: &[u8]| {
                 (crd::MIN_SESSION_DURATION..=crd::MAX_SESSION_DURATION)
                     .contains(&validated.session_duration)
             );
-            let short = validated.session_duration < crd::RECOMMENDED_MIN_SESSION_DURATION;
-            assert_eq!(short, !validated.warnings.is_empty());
+            let reasons: Vec<&str> = validated.warnings.iter().map(|w| w.reason()).collect();
+            let short = validated.served_duration < crd::RECOMMENDED_MIN_SESSION_DURATION;
+            assert_eq!(short, reasons.contains(&"SessionDurationTooShort"));
+            let clamped = validated.served_duration < validated.session_duration;
+            assert_eq!(clamped, reasons.contains(&"ChainedSessionClamped"));
+            if clamped {
+                assert!(!binding.spec.chain.is_empty());
+                assert_eq!(validated.served_duration, credvend::plan::MAX_CHAINED_SESSION);
+            }
             for w in &validated.warnings {
                 assert!(!w.to_string().is_empty() && !w.reason().is_empty());
             }

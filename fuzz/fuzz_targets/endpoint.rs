@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use credvend::agent::auth::AuthToken;
-use credvend::agent::cache::{Cached, CredentialCache};
+use credvend::agent::cache::{Cached, Caches, CredentialCache};
 use credvend::agent::credentials::Credentials;
 use credvend::agent::endpoint::{self, CREDENTIALS_PATH, EndpointRequest};
 use http::{Method, StatusCode, header};
@@ -34,7 +34,7 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 struct Agent {
     runtime: tokio::runtime::Runtime,
     auth: AuthToken,
-    cache: CredentialCache,
+    cache: Caches,
     now: SystemTime,
     body: Bytes,
 }
@@ -52,6 +52,7 @@ static AGENT: LazyLock<Agent> = LazyLock::new(|| {
     let cached = Cached::new(&creds);
     let body = cached.body.bytes();
     cache.store(cached);
+    let cache = Caches::single("default", Arc::new(cache));
     Agent {
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_time()

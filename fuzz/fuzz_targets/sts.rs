@@ -1,6 +1,6 @@
 //! STS response bodies (from STS, or from whatever `stsEndpoint` points at) → credentials or a
 //! mapped error, through aws-sdk-sts's own deserializer and credvend's mapping
-//! (`sts::exchange_token`), with an HTTP client that answers every request from the input.
+//! (`exchange::exchange_token`), with an HTTP client that answers every request from the input.
 //!
 //! The first input byte picks the HTTP status, the rest is the body. Properties: credentials
 //! come only from a 2xx answer, are complete (no empty key, secret or session token: an SDK
@@ -16,7 +16,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_smithy_http_client::test_util::infallible_client_fn;
 use credvend::agent::credentials::format_expiration;
-use credvend::agent::sts::{self, ExchangeError, ExchangeRequest, StsErrorCode};
+use credvend::agent::exchange::{self, ExchangeError, ExchangeRequest, StepRequest, Trust};
+use credvend::agent::sts::StsErrorCode;
 use credvend::agent::token::{self, WebIdentityToken};
 use libfuzzer_sys::fuzz_target;
 use secrecy::ExposeSecret;
@@ -57,10 +58,19 @@ static STS: LazyLock<Sts> = LazyLock::new(|| {
             .expect("runtime"),
         client: aws_sdk_sts::Client::from_conf(config),
         request: ExchangeRequest {
-            role_arn: "arn:aws:iam::111122223333:role/s3-reader".into(),
-            session_name: "team-a.web-0".into(),
-            duration: Duration::from_secs(3600),
+            first: StepRequest {
+                role_arn: "arn:aws:iam::111122223333:role/s3-reader".into(),
+                session_name: "team-a.web-0".into(),
+                duration: Duration::from_secs(3600),
+                policy: None,
+                policy_arns: Vec::new(),
+            },
             token_file: "/var/run/secrets/credvend.io/serviceaccount/token".into(),
+            hops: Vec::new(),
+            trust: Trust {
+                subject: "system:serviceaccount:team-a:app".into(),
+                audience: "sts.amazonaws.com".into(),
+            },
         },
         token: token::parse("eyJhbGciOiJSUzI1NiJ9.e30.c2ln".into(), "/t".as_ref()).expect("token"),
     }
@@ -75,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
     let sts = &*STS;
     let result = sts
         .runtime
-        .block_on(sts::exchange_token(&sts.client, &sts.request, &sts.token));
+        .block_on(exchange::exchange_token(&sts.client, &sts.request, &sts.token));
     match result {
         Ok(out) => {
             assert!((200..300).contains(&status), "credentials from a {status}");
@@ -109,7 +119,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Err(ExchangeError::Sts { code, message }) => {
+        Err(ExchangeError::Sts { code, message, .. }) => {
             assert!(!message.is_empty());
             if status == 429 || status >= 500 {
                 assert_ne!(code, StsErrorCode::Other, "{status} mapped to Other");

@@ -1,12 +1,14 @@
 //! The AWSRoleBinding CRD's structural schema, evaluated the way the API server evaluates it
 //! before it stores a binding: types, bounds, patterns, and the CEL rules the CRD uses.
 //!
-//! CEL itself is not implemented. The rules the CRD carries today are of three shapes, each
-//! evaluated here exactly: `self.matches('RE')` (RE2 syntax, which the regex crate shares),
-//! the session-duration range rule (Go durations of `h`/`m`/`s` parts), and the stsEndpoint
-//! rule, whose scheme/hostname test is evaluated but whose `isURL(self)` (Go's
-//! `url.ParseRequestURI`) is not. A keyword or rule of any other shape panics, so that a new
-//! rule in the CRD cannot pass the fuzz target unchecked: teach this module the shape.
+//! CEL itself is not implemented. The rules the CRD carries today are of these shapes, each
+//! evaluated here exactly: `self.matches('RE')` (RE2 syntax, which the regex crate shares) and
+//! `self.all(x, x.matches('RE'))` on lists of strings, the session-duration range rule (Go
+//! durations of `h`/`m`/`s` parts), the stsEndpoint rule, whose scheme/hostname test is
+//! evaluated but whose `isURL(self)` (Go's `url.ParseRequestURI`) is not, the `aws:` tag-key
+//! prefix rule, and the chain hop's two tag rules (unique keys, transitive keys among them). A
+//! keyword or rule of any other shape panics, so that a new rule in the CRD cannot pass the fuzz
+//! target unchecked: teach this module the shape.
 
 use std::collections::HashMap;
 
@@ -29,6 +31,7 @@ pub struct Violation {
 }
 
 const MATCHES: &str = r"^self\.matches\('([^']*)'\)$";
+const EACH_MATCHES: &str = r"^self\.all\(x, x\.matches\('([^']*)'\)\)$";
 const DURATION_RANGE: &str = r"^!self\.matches\('([^']*)'\) \|\| \(duration\(self\) >= duration\('([0-9hms]+)'\) && duration\(self\) <= duration\('([0-9hms]+)'\)\)$";
 const STS_URL: &str = r"^isURL\(self\) && \(url\(self\)\.getScheme\(\) == 'https' \|\| \(url\(self\)\.getScheme\(\) == 'http' && \(url\(self\)\.getHostname\(\) == '::1' \|\| self\.matches\('([^']*)'\)\)\)\)$";
 
@@ -156,6 +159,21 @@ impl SpecSchema {
                         }
                     }
                 }
+                "minItems" | "maxItems" => {
+                    let Some(items) = value.as_array() else {
+                        continue;
+                    };
+                    let bound = arg.as_u64().expect("item bound");
+                    let len = items.len() as u64;
+                    let ok = if keyword == "minItems" {
+                        len >= bound
+                    } else {
+                        len <= bound
+                    };
+                    if !ok {
+                        fail(format!("{keyword} {bound}, has {len} items"));
+                    }
+                }
                 "items" => {
                     for (i, v) in value.as_array().into_iter().flatten().enumerate() {
                         nested.push((arg, v, format!("{path}[{i}]")));
@@ -180,10 +198,40 @@ impl SpecSchema {
     }
 
     fn rule_holds(&self, rule: &str, value: &Value) -> bool {
+        let re = |text: &str| &self.regexes[text];
+        if rule == credvend::sts_fields::CEL_TAG_KEY {
+            let key = value.as_str().expect("a tag key");
+            return !key.to_ascii_lowercase().starts_with("aws:");
+        }
+        if rule == credvend::crd::CEL_UNIQUE_TAG_KEYS {
+            let keys: Vec<String> = value
+                .as_array()
+                .expect("tags")
+                .iter()
+                .map(|t| t["key"].as_str().unwrap_or_default().to_ascii_lowercase())
+                .collect();
+            return keys
+                .iter()
+                .all(|k| keys.iter().filter(|other| *other == k).count() == 1);
+        }
+        if rule == credvend::crd::CEL_TRANSITIVE_KEYS {
+            let Some(transitive) = value.get("transitiveTagKeys").and_then(Value::as_array) else {
+                return true;
+            };
+            let tags = value.get("sessionTags").and_then(Value::as_array);
+            return transitive.iter().all(|k| {
+                tags.is_some_and(|tags| tags.iter().any(|t| &t["key"] == k))
+            });
+        }
+        if let Some(c) = cached(EACH_MATCHES).captures(rule) {
+            let items = value.as_array().expect("a list");
+            return items
+                .iter()
+                .all(|item| item.as_str().is_some_and(|s| re(&c[1]).is_match(s)));
+        }
         let Some(s) = value.as_str() else {
             panic!("rule {rule} on a non-string is not evaluated: teach fuzz/src/schema.rs");
         };
-        let re = |text: &str| &self.regexes[text];
         if let Some(c) = cached(MATCHES).captures(rule) {
             return re(&c[1]).is_match(s);
         }
@@ -206,7 +254,7 @@ impl SpecSchema {
 fn cached(shape: &'static str) -> &'static Regex {
     use std::sync::LazyLock;
     static SHAPES: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
-        [MATCHES, DURATION_RANGE, STS_URL]
+        [MATCHES, EACH_MATCHES, DURATION_RANGE, STS_URL]
             .into_iter()
             .map(|s| (s, Regex::new(s).expect("rule shape")))
             .collect()
@@ -230,7 +278,7 @@ fn collect_regexes(schema: &Value, out: &mut HashMap<String, Regex>) {
                 .flatten()
             {
                 let text = rule["rule"].as_str().unwrap_or_default();
-                for shape in [MATCHES, DURATION_RANGE, STS_URL] {
+                for shape in [MATCHES, EACH_MATCHES, DURATION_RANGE, STS_URL] {
                     if let Some(c) = Regex::new(shape).expect("shape").captures(text) {
                         out.insert(
                             c[1].to_owned(),
@@ -299,4 +347,37 @@ pub fn self_check(schema: &SpecSchema) {
     });
     let found = schema.violations(&bad);
     assert_eq!(found.len(), 7, "{found:?}");
+    let chained = serde_json::json!({
+        "serviceAccountName": "app",
+        "roleArn": "arn:aws:iam::111122223333:role/s3-reader",
+        "sessionName": "{namespace}.{pod}",
+        "sessionPolicy": "{\"Statement\":{}}",
+        "sessionPolicyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+        "chain": [{
+            "roleArn": "arn:aws:iam::444455556666:role/x",
+            "externalId": "partner-42",
+            "sessionTags": [{"key": "team", "value": "a"}],
+            "transitiveTagKeys": ["team"],
+            "sourceIdentity": "team-a"
+        }]
+    });
+    assert_eq!(schema.violations(&chained), []);
+    let bad_chain = serde_json::json!({
+        "serviceAccountName": "app",
+        "roleArn": "arn:aws:iam::111122223333:role/s3-reader",
+        "sessionName": "{podname}",
+        "sessionPolicy": "allow",
+        "sessionPolicyArns": ["ReadOnlyAccess"],
+        "chain": [{
+            "roleArn": "x",
+            "externalId": "has space",
+            "sessionTags": [{"key": "aws:team", "value": "a"}, {"key": "AWS:TEAM", "value": "b"}],
+            "transitiveTagKeys": ["cost"],
+            "sourceIdentity": "a b"
+        }]
+    });
+    // Template, policy, ARN; hop: role (length and pattern), external id, tag keys (2), unique
+    // keys, transitive keys, source identity.
+    let found = schema.violations(&bad_chain);
+    assert_eq!(found.len(), 11, "{found:#?}");
 }

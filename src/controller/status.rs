@@ -259,7 +259,7 @@ fn ambiguity(service_account: &str, others: &[String]) -> Option<String> {
         many => ("also name", format!("AWSRoleBindings {}", many.join(", "))),
     };
     Some(format!(
-        "{list} {verb} service account {service_account:?}, so pods that ask with credvend.io/inject: \"true\" are refused as ambiguous; give them the annotation credvend.io/binding: <name>, or keep one binding per service account"
+        "{list} {verb} service account {service_account:?}, so pods that ask with credvend.io/inject: \"true\" are refused as ambiguous; give them the annotation credvend.io/binding: <name> (or map the other bindings to containers with credvend.io/container-bindings), or keep one binding per service account"
     ))
 }
 
