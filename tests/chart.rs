@@ -736,6 +736,14 @@ fn monitors_scrape_the_operator_and_every_injected_agent() {
         pod_monitor["spec"]["podMetricsEndpoints"][0]["port"],
         credvend::inject::METRICS_PORT_NAME
     );
+    // The agent labels its series with `binding` itself (a pod may serve several bindings);
+    // a relabeling from the pod label would rename the agent's to `exported_binding`.
+    assert!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]
+            .get("relabelings")
+            .is_none(),
+        "{pod_monitor}"
+    );
 }
 
 #[test]
@@ -811,9 +819,12 @@ fn alerts_and_dashboard_use_metrics_that_exist() {
 /// once, since an empty vector is not exported): the processes build these same registries.
 fn known_metrics() -> BTreeSet<String> {
     let agent = AgentMetrics::new().unwrap();
-    agent.refresh_total.with_label_values(&["success"]).inc();
-    agent.sts_errors.with_label_values(&["AccessDenied"]).inc();
-    agent.token_errors.with_label_values(&["missing"]).inc();
+    let binding = agent.for_binding("s3-reader");
+    binding.refresh("success");
+    binding.sts_error("AccessDenied");
+    binding.token_error("missing");
+    binding.cache_file_error("garbled");
+    binding.packed_policy_size(0, 7);
     agent.endpoint_requests.with_label_values(&["200"]).inc();
 
     let operator = OperatorMetrics::new().unwrap();

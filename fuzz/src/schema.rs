@@ -376,8 +376,8 @@ pub fn self_check(schema: &SpecSchema) {
             "sourceIdentity": "a b"
         }]
     });
-    // Template, policy, ARN; hop: role (length and pattern), external id, tag keys (2), unique
-    // keys, transitive keys, source identity.
+    // Template, policy, ARN (length and pattern); hop: role (length and pattern), external id,
+    // tag keys (2), unique keys, transitive keys, source identity.
     let found = schema.violations(&bad_chain);
-    assert_eq!(found.len(), 11, "{found:#?}");
+    assert_eq!(found.len(), 12, "{found:#?}");
 }
