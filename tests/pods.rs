@@ -678,7 +678,10 @@ async fn a_pod_with_two_bindings_gives_each_container_its_own_role_through_one_a
     let mut foreign = sdk_pod("multi-1", "app", sts, 1, 0, json!({}));
     let annotations = foreign.metadata.annotations.get_or_insert_default();
     annotations.insert("credvend.io/binding".into(), ROLE.into());
-    annotations.insert("credvend.io/container-bindings".into(), "app=web-only".into());
+    annotations.insert(
+        "credvend.io/container-bindings".into(),
+        "app=web-only".into(),
+    );
     let err = pods
         .create(&PostParams::default(), &foreign)
         .await

@@ -1516,7 +1516,7 @@ fn a_multi_binding_pod_is_recognised_on_reinvocation() {
 #[test]
 fn container_bindings_and_include_containers_are_checked() {
     let app = || vec![binding("s3-reader", "app"), binding("queue-reader", "app")];
-    let cases: Vec<(&str, Value, Vec<AWSRoleBinding>, &str, Vec<&str>)> = vec![
+    let cases: Vec<DenyCase> = vec![
         (
             "both skip and include",
             three_containers(
