@@ -750,6 +750,14 @@ fn chained_plan() -> serde_json::Value {
     })
 }
 
+/// A binding plan with the defaults the webhook would write for a binding of `role`.
+fn plan(name: &str, role: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "roleArn": role, "duration": "1h",
+        "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
+    })
+}
+
 fn pod_env(pod: &str) -> Vec<(String, String)> {
     [
         ("POD_NAMESPACE", "team-a"),
@@ -837,12 +845,6 @@ async fn a_chained_binding_serves_the_last_role_and_signs_each_hop_with_the_prev
 #[tokio::test(flavor = "multi_thread")]
 async fn one_agent_serves_each_binding_at_its_own_path_with_its_own_role() {
     let sts = StsPeer::start();
-    let plan = |name: &str, role: &str| {
-        serde_json::json!({
-            "name": name, "roleArn": role, "duration": "1h",
-            "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
-        })
-    };
     let agent = AgentProcess::start(AgentOptions {
         bindings: vec![
             plan("s3-reader", ROLE_ARN),
@@ -889,23 +891,14 @@ async fn one_agent_serves_each_binding_at_its_own_path_with_its_own_role() {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_waits_for_every_binding() {
     let sts = StsPeer::start();
-    let plan = |name: &str, token: &str| {
-        serde_json::json!({
-            "name": name, "roleArn": ROLE_ARN, "duration": "1h",
-            "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com",
-            "tokenFile": token,
-        })
-    };
     let dir = tempfile::tempdir().unwrap();
     let second_token = dir.path().join("second-token");
     let agent = AgentProcess::start(AgentOptions {
-        bindings: vec![
-            serde_json::json!({
-                "name": "s3-reader", "roleArn": ROLE_ARN, "duration": "1h",
-                "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
-            }),
-            plan("queue-reader", second_token.to_str().unwrap()),
-        ],
+        bindings: vec![plan("s3-reader", ROLE_ARN), {
+            let mut second = plan("queue-reader", ROLE_ARN);
+            second["tokenFile"] = second_token.to_str().unwrap().into();
+            second
+        }],
         env: pod_env("web-0"),
         ..AgentOptions::new(sts.endpoint())
     });
@@ -935,10 +928,8 @@ async fn session_names_keep_long_pods_distinct_and_stay_the_same_across_refreshe
     // Credentials that live 30 s: the agent renews them within seconds.
     sts.set_lifetime(30).await;
     let prefix = "p".repeat(60);
-    let plan = serde_json::json!({
-        "name": "s3-reader", "roleArn": ROLE_ARN, "duration": "15m",
-        "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
-    });
+    let mut plan = plan("s3-reader", ROLE_ARN);
+    plan["duration"] = "15m".into();
     let start = |pod: String| {
         AgentProcess::start(AgentOptions {
             bindings: vec![plan.clone()],
@@ -982,10 +973,7 @@ async fn access_denied_names_the_subject_and_audience_the_trust_policy_must_allo
     let sts = StsPeer::start();
     sts.fail("AccessDenied", 403).await;
     let agent = AgentProcess::start(AgentOptions {
-        bindings: vec![serde_json::json!({
-            "name": "s3-reader", "roleArn": ROLE_ARN, "duration": "1h",
-            "sessionName": "{namespace}.{pod}", "audience": "sts.amazonaws.com"
-        })],
+        bindings: vec![plan("s3-reader", ROLE_ARN)],
         env: pod_env("web-0"),
         ..AgentOptions::new(sts.endpoint())
     });

@@ -761,13 +761,11 @@ async fn containers_a_later_webhook_adds_get_credentials_and_no_second_agent() {
     .await;
     let stored = pods.create(&PostParams::default(), &wanted).await.unwrap();
     let spec = stored.spec.as_ref().unwrap();
-    let agents = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| c.name == "credvend-agent")
-        .count();
-    assert_eq!(agents, 1, "one agent, however often credvend's webhook ran");
+    assert_eq!(
+        support::operator::agent_count(spec),
+        1,
+        "one agent, however often credvend's webhook ran"
+    );
     let proxy = spec
         .containers
         .iter()

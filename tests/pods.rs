@@ -622,13 +622,11 @@ async fn a_pod_with_two_bindings_gives_each_container_its_own_role_through_one_a
         .push(serde_json::from_value(worker).unwrap());
     let stored = create(&pods, &pod).await;
     let spec = stored.spec.as_ref().unwrap();
-    let agents = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| c.name == "credvend-agent")
-        .count();
-    assert_eq!(agents, 1, "one agent serves both bindings");
+    assert_eq!(
+        support::operator::agent_count(spec),
+        1,
+        "one agent serves both bindings"
+    );
     let uri = |name: &str| {
         spec.containers
             .iter()

@@ -305,6 +305,10 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    fn count(counters: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
+        counters.with_label_values(labels).get()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn renews_one_hour_credentials_every_thirty_minutes() {
         let script = Script::new(vec![Ok(HOUR), Ok(HOUR), Ok(HOUR), Ok(HOUR)]);
@@ -313,13 +317,7 @@ mod tests {
         assert_eq!(script.gaps(), vec![1800, 1800, 1800]);
         assert_eq!(script.calls.lock().unwrap().len(), 4);
         assert!(cache.valid_at(SystemTime::now()).is_some());
-        assert_eq!(
-            metrics
-                .refresh_total
-                .with_label_values(&["s3", "success"])
-                .get(),
-            4
-        );
+        assert_eq!(count(&metrics.refresh_total, &["s3", "success"]), 4);
         let packed = |hop: &str| {
             metrics
                 .packed_policy_size
@@ -348,27 +346,9 @@ mod tests {
             cache.valid_at(SystemTime::now()).is_some(),
             "cached credentials dropped"
         );
-        assert_eq!(
-            metrics
-                .refresh_total
-                .with_label_values(&["s3", "failure"])
-                .get(),
-            4
-        );
-        assert_eq!(
-            metrics
-                .sts_errors
-                .with_label_values(&["s3", "Throttling"])
-                .get(),
-            2
-        );
-        assert_eq!(
-            metrics
-                .sts_errors
-                .with_label_values(&["s3", "Unreachable"])
-                .get(),
-            1
-        );
+        assert_eq!(count(&metrics.refresh_total, &["s3", "failure"]), 4);
+        assert_eq!(count(&metrics.sts_errors, &["s3", "Throttling"]), 2);
+        assert_eq!(count(&metrics.sts_errors, &["s3", "Unreachable"]), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -400,13 +380,7 @@ mod tests {
             .collect();
         assert_eq!(gaps, vec![750, 1500]);
         assert!(cache.valid_at(SystemTime::now()).is_some());
-        assert_eq!(
-            metrics
-                .sts_errors
-                .with_label_values(&["s3", "InvalidResponse"])
-                .get(),
-            2
-        );
+        assert_eq!(count(&metrics.sts_errors, &["s3", "InvalidResponse"]), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -418,19 +392,10 @@ mod tests {
         assert_eq!(script.calls.lock().unwrap().len(), 4);
         assert!(cache.valid_at(SystemTime::now()).is_none());
         assert_eq!(
-            metrics
-                .sts_errors
-                .with_label_values(&["s3", "CredentialsExpiredOnArrival"])
-                .get(),
+            count(&metrics.sts_errors, &["s3", "CredentialsExpiredOnArrival"]),
             4
         );
-        assert_eq!(
-            metrics
-                .refresh_total
-                .with_label_values(&["s3", "failure"])
-                .get(),
-            4
-        );
+        assert_eq!(count(&metrics.refresh_total, &["s3", "failure"]), 4);
         assert_eq!(
             metrics
                 .credentials_expiration

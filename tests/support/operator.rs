@@ -403,6 +403,15 @@ pub async fn metrics_page(port: u16) -> String {
         .unwrap_or_default()
 }
 
+/// How many `credvend-agent` init containers a pod spec has (one, whatever ran how often).
+pub fn agent_count(spec: &k8s_openapi::api::core::v1::PodSpec) -> usize {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == "credvend-agent")
+        .count()
+}
+
 pub fn binding_yaml(name: &str, ns: &str, sa: &str, sts: &str) -> AWSRoleBinding {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "credvend.io/v1alpha1",
