@@ -60,6 +60,9 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// The metrics port to use instead of a free one.
     pub metrics_port: Option<u16>,
+    /// The binary to run instead of this build's `credvend` (the benchmark runs the release
+    /// build).
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -73,6 +76,7 @@ impl AgentOptions {
             cache_dir: true,
             env: Vec::new(),
             metrics_port: None,
+            binary: None,
         }
     }
 }
@@ -86,6 +90,7 @@ pub struct AgentProcess {
     pub metrics_port: u16,
     listen_host: String,
     env: Vec<(String, String)>,
+    binary: PathBuf,
 }
 
 impl AgentProcess {
@@ -138,6 +143,9 @@ impl AgentProcess {
             metrics_port,
             listen_host: opts.listen_host,
             env: opts.env,
+            binary: opts
+                .binary
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_credvend"))),
         };
         agent.spawn();
         agent
@@ -149,7 +157,7 @@ impl AgentProcess {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
+        let child = Command::new(&self.binary)
             .args(&self.args)
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
