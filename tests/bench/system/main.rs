@@ -35,6 +35,9 @@ use servers::Binaries;
 /// The bindings' STS endpoint: never called (the pods have no node), but it must be allowed.
 pub const STS: &str = "http://127.0.0.1:9";
 
+/// Where BENCHMARKS.md's generated part ends; what follows is kept as it is.
+const KEPT: &str = "<!-- Everything below this line is kept by `make bench`. -->";
+
 /// Counts and durations of one run.
 pub struct Plan {
     pub binaries: Binaries,
@@ -59,8 +62,11 @@ fn env_path(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not set: run through `make bench` or `make test`"))
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+/// The machine's CPUs, read once at start (later, while the harness pins itself to start a
+/// server, the affinity mask would say one).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 impl Plan {
@@ -110,7 +116,13 @@ fn main() {
         let path = std::env::var_os("CREDVEND_BENCHMARKS_MD")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
-        std::fs::write(&path, markdown(&report, started.elapsed())).expect("write BENCHMARKS.md");
+        // Notes below the marker (the before/after of a change, say) outlive the rerun.
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| old.find(KEPT).map(|i| old[i..].to_owned()))
+            .unwrap_or_else(|| format!("{KEPT}\n"));
+        let file = format!("{}\n{kept}", markdown(&report, started.elapsed()));
+        std::fs::write(&path, file).expect("write BENCHMARKS.md");
         println!("wrote {}", path.display());
     }
     // The plain closing line CI counts: the smoke run is a test.
@@ -134,6 +146,8 @@ async fn run(plan: &Plan) -> Report {
             .expect("control plane");
         let client = cp.client().expect("client");
         let dir = tempfile::tempdir().expect("temp dir");
+        // The operator starts on the server's CPU, as in a pod with one CPU.
+        procfs::pin_self(plan.server_cpu);
         let op = support::operator::install_with(
             &cp,
             &client,
@@ -146,6 +160,7 @@ async fn run(plan: &Plan) -> Report {
             },
         )
         .await;
+        procfs::unpin_self(cores());
         if only.is_empty() || only == "webhook" {
             let ns = support::k8s::unique_name("bench-webhook");
             support::k8s::create_namespace(&client, &ns)

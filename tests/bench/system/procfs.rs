@@ -55,13 +55,32 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// Pins every thread of `pid` to `cpu` (threads started later inherit it).
 pub fn pin(pid: u32, cpu: Option<usize>) {
-    let Some(cpu) = cpu else { return };
+    if let Some(cpu) = cpu {
+        pin_list(pid, &cpu.to_string());
+    }
+}
+
+/// Pins this process to `cpu` while it starts a server, so the server inherits that one CPU
+/// from its first instruction and sizes its runtime for it (std's `available_parallelism`
+/// reads the affinity mask, as it reads a pod's CPU quota); [`unpin_self`] undoes it.
+pub fn pin_self(cpu: Option<usize>) {
+    pin(std::process::id(), cpu);
+}
+
+/// Lets this process run on every CPU again.
+pub fn unpin_self(cpus: usize) {
+    if cpus >= 2 {
+        pin_list(std::process::id(), &format!("0-{}", cpus - 1));
+    }
+}
+
+fn pin_list(pid: u32, list: &str) {
     let status = std::process::Command::new("taskset")
-        .args(["-a", "-cp", &cpu.to_string(), &pid.to_string()])
+        .args(["-a", "-cp", list, &pid.to_string()])
         .stdout(std::process::Stdio::null())
         .status();
     assert!(
         status.is_ok_and(|s| s.success()),
-        "taskset could not pin {pid} to CPU {cpu}"
+        "taskset could not pin {pid} to CPUs {list}"
     );
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use credvend::crd::AWSRoleBinding;
 use credvend::inject::{self, Candidates, InjectSettings};
-use credvend::webhook::admission::{Admission, BindingSource};
+use credvend::webhook::admission::{Admission, BindingSource, StoreAndApi};
 use credvend::webhook::metrics::AdmissionMetrics;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
@@ -132,6 +132,7 @@ pub async fn run(
     std::fs::write(&cert_file, cert.cert.pem()).expect("cert");
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key");
     std::fs::write(&answer_file, &answer).expect("answer");
+    procfs::pin_self(plan.server_cpu);
     let minimal = Baseline::start(
         &plan.binaries.baseline("baseline-tls"),
         &[
@@ -143,6 +144,7 @@ pub async fn run(
             key_file.as_os_str(),
         ],
     );
+    procfs::unpin_self(crate::cores());
     let operator_pid = op.operator.pid();
     procfs::pin(operator_pid, plan.server_cpu);
     procfs::pin(minimal.pid(), plan.server_cpu);
@@ -175,7 +177,7 @@ pub async fn run(
             "-s post.lua (the AdmissionReview)",
             "https://127.0.0.1:<port>/mutate",
         );
-        let rows: [(&str, &str, &dyn Fn(&(Run, f64)) -> f64); 4] = [
+        let rows: [crate::agent::Metric<(Run, f64)>; 4] = [
             ("reviews/s", "rev/s", &|m| m.0.rps),
             ("p50", "ms", &|m| m.0.p50_ms),
             ("p99", "ms", &|m| m.0.p99_ms),
@@ -230,6 +232,45 @@ pub async fn run(
     });
     drop(minimal);
     in_process(plan, report, namespace, &review);
+    lookup(plan, report, client);
+}
+
+/// The webhook's binding lookup (`StoreAndApi::cached`) with one binding in the store and
+/// with a thousand in a hundred namespaces: it scans the whole store on every review.
+fn lookup(plan: &Plan, report: &mut Report, client: &kube::Client) {
+    let filled = |count: usize| {
+        let (store, mut writer) = kube::runtime::reflector::store::<AWSRoleBinding>();
+        for i in 0..count {
+            let ns = format!("team-{}", i % 100);
+            let mut b =
+                crate::support::operator::binding_yaml(&format!("b{i}"), &ns, "app", crate::STS);
+            b.metadata.uid = Some(format!("uid-{i}"));
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(b));
+        }
+        StoreAndApi {
+            store,
+            client: client.clone(),
+        }
+    };
+    let (one, many) = (filled(1), filled(1000));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..plan.repeats {
+        a.push(per_call(plan.micro_iterations, || {
+            black_box(many.cached(black_box("team-7")));
+        }));
+        b.push(per_call(plan.micro_iterations, || {
+            black_box(one.cached(black_box("team-0")));
+        }));
+    }
+    report.add(Row {
+        section: SECTION,
+        measure: "binding lookup per review, 1000 bindings".into(),
+        unit: "µs",
+        credvend: Spread::of(&a),
+        baseline_name: "1 binding in the store",
+        baseline: Spread::of(&b),
+        command: "StoreAndApi::cached in process".into(),
+    });
 }
 
 /// The decoded JSONPatch's length, whether the response carries it as base64 or as an array of
