@@ -30,6 +30,10 @@ HELM = $(call installed,scripts/helm-bin.sh)
 CHART_CRDS = $(call installed,scripts/chart-crds.sh)
 # promtool, which unit-tests the chart's alerts (see scripts/promtool-bin.sh).
 PROMTOOL = $(call installed,scripts/promtool-bin.sh)
+# The benchmark's load generator and baseline servers (scripts/wrk-bin.sh,
+# scripts/bench-baselines.sh).
+BENCH_ENV = CREDVEND_WRK="$(call installed,scripts/wrk-bin.sh)" \
+	CREDVEND_BENCH_BASELINES="$(call installed,scripts/bench-baselines.sh)"
 # CREDVEND_SDK_*=path words for the SDK conformance clients (the Rust one is a cargo example,
 # built here because `cargo test --all-targets` compiles examples as tests, not as programs).
 SDK_ENV = $(call installed,scripts/sdk-clients.sh)
@@ -38,6 +42,7 @@ SDK_ENV = $(call installed,scripts/sdk-clients.sh)
 help:
 	@echo "make demo   run the end-to-end demo (installs what it needs)"
 	@echo "make test   run every check and test (fmt, clippy, cargo-deny, fuzz smoke, unit, integration)"
+	@echo "make bench  measure the agent, the endpoint and the webhook against baselines; writes BENCHMARKS.md"
 	@echo "make fuzz   fuzz every parser for FUZZ_RUNS executions (default 1000000) and minimize fuzz/corpus"
 
 .PHONY: venv
@@ -100,7 +105,16 @@ test: lint k8s-bins k8s-oldest node-bins helm-bin fuzz-smoke
 	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
 	CREDVEND_KUBE_APISERVER_OLDEST="$(word 1,$(K8S_OLDEST))" CREDVEND_ETCD_OLDEST="$(word 2,$(K8S_OLDEST))" \
 	$(NODE_ENV) CREDVEND_HELM="$(HELM)" CREDVEND_CHART_CRDS="$(CHART_CRDS)" CREDVEND_PROMTOOL="$(PROMTOOL)" \
-	$(SDK_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
+	$(SDK_ENV) $(BENCH_ENV) cargo test --locked --lib --bins --tests --benches --no-fail-fast
+
+# The release binary, moto, a real control plane, wrk and the baselines of bench/baseline
+# (tests/bench/system); prints one table and writes BENCHMARKS.md. `make test` runs the same
+# code as a smoke run of seconds.
+.PHONY: bench
+bench: k8s-bins
+	CREDVEND_PYTHON="$(PYTHON)" \
+	CREDVEND_KUBE_APISERVER="$(word 1,$(K8S_BINS))" CREDVEND_ETCD="$(word 2,$(K8S_BINS))" \
+	$(BENCH_ENV) cargo bench --locked --bench system
 
 .PHONY: demo
 demo: k8s-bins node-bins helm-bin

@@ -66,6 +66,13 @@ fn the_image_build_produces_a_working_binary_from_its_build_context_alone() {
         crd,
         "the image's `credvend crd` must print the committed CRD"
     );
+    // Shipped stripped (Cargo.toml's release profile): every pod maps this file, and symbols
+    // would be 40% of it. A stripped ELF keeps no `.symtab` section name.
+    let image = std::fs::read(bin).unwrap();
+    assert!(
+        !image.windows(9).any(|w| w == b"\0.symtab\0"),
+        "the release binary still has its symbol table"
+    );
     assert!(run(&["agent", "--help"]).contains("--role-arn"));
     assert!(run(&["operator", "--help"]).contains("--webhook-listen"));
 }

@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, LazyLock};
 
+use base64::Engine as _;
 use credvend::crd::{AWSRoleBinding, AWSRoleBindingSpec};
 use credvend::inject::{
     ANNOTATION_BINDING_GENERATION, ANNOTATION_STATUS, InjectSettings, LABEL_BINDING,
@@ -122,7 +123,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(allowed, "a patch comes only with an admission");
     assert_eq!(response["patchType"], "JSONPatch");
-    let bytes: Vec<u8> = serde_json::from_value(patch.clone()).expect("patch bytes");
+    // Base64, as Kubernetes' JSON writes a []byte field.
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch.as_str().expect("the patch is a base64 string"))
+        .expect("the patch is base64");
     let ops: Vec<Value> = serde_json::from_slice(&bytes).expect("the patch is a JSON array");
     assert!(
         !ops.is_empty() && ops.iter().all(|op| op["op"] == "add"),

@@ -113,6 +113,18 @@ impl Limits {
         }
     }
 
+    /// The shortest of the phases' timeouts: the longest a connection's watchdog sleeps
+    /// (see `conn::watchdog`).
+    pub fn shortest_timeout(&self) -> Duration {
+        [Phase::Handshake, Phase::Head, Phase::Idle, Phase::Body]
+            .into_iter()
+            .filter_map(|p| self.phase_timeout(p))
+            .min()
+            .unwrap_or(self.handshake_timeout)
+            // A zero timeout closes at once; it must not make the watchdog spin.
+            .max(Duration::from_millis(1))
+    }
+
     /// How long a connection may stay in `phase` before it is closed; `None` while the
     /// handler works (our own code, not the client's pace).
     pub fn phase_timeout(&self, phase: Phase) -> Option<Duration> {

@@ -47,8 +47,6 @@ pub struct Slot {
     state: Mutex<State>,
     /// Body bytes this connection holds from the port's budget.
     held: AtomicUsize,
-    /// Woken on every phase change (the connection's deadline moves).
-    pub changed: Notify,
     /// Woken when the table evicts this connection.
     pub evicted: Notify,
 }
@@ -63,7 +61,6 @@ impl Slot {
                 since: Instant::now(),
             }),
             held: AtomicUsize::new(0),
-            changed: Notify::new(),
             evicted: Notify::new(),
         }
     }
@@ -78,13 +75,12 @@ impl Slot {
         (s.phase, s.since)
     }
 
-    /// Moves to `phase` now.
+    /// Moves to `phase` now (the connection's watchdog reads it when it next wakes).
     pub fn enter(&self, phase: Phase) {
         *self.lock() = State {
             phase,
             since: Instant::now(),
         };
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: an idle keep-alive connection starts a new request head, whose
@@ -96,8 +92,6 @@ impl Slot {
                 phase: Phase::Head,
                 since: Instant::now(),
             };
-            drop(state);
-            self.changed.notify_one();
         }
     }
 

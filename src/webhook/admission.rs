@@ -11,7 +11,12 @@
 //! yet (the race users of other injectors hit most). A review that cannot be read gets a clear
 //! error instead of a panic; a pod that cannot be decoded is denied with the reason, so nothing
 //! is ever half-injected.
+//!
+//! The review is decoded once, with the pod typed; only a review whose pod our types cannot
+//! read is decoded a second time, loosely, to answer it with its uid and the reason. The
+//! answer is written by [`wire`] (the patch as base64, not as kube-core's array of numbers).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +25,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 
 use super::metrics::AdmissionMetrics;
 use crate::crd::AWSRoleBinding;
@@ -106,10 +111,16 @@ impl<B: BindingSource> Admission<B> {
             .with_label_values(&[outcome.result])
             .observe(started.elapsed().as_secs_f64());
         let (response, _) = result?;
-        serde_json::to_vec(&response.into_review()).map_err(ReviewError::Encode)
+        super::wire::encode(&response).map_err(ReviewError::Encode)
     }
 
     async fn review_inner(&self, body: &[u8]) -> Result<(AdmissionResponse, Outcome), ReviewError> {
+        // Nearly every review: one pass, straight into the typed pod.
+        if let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+            let req: AdmissionRequest<Pod> =
+                review.try_into().map_err(|_| ReviewError::NoRequest)?;
+            return Ok(self.admit(&req).await);
+        }
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
         let req: AdmissionRequest<DynamicObject> =
@@ -117,7 +128,10 @@ impl<B: BindingSource> Admission<B> {
         Ok(self.admit(&req).await)
     }
 
-    async fn admit(&self, req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Outcome) {
+    async fn admit<K: UnderReview>(
+        &self,
+        req: &AdmissionRequest<K>,
+    ) -> (AdmissionResponse, Outcome) {
         let allow = AdmissionResponse::from(req);
         if req.kind.kind != "Pod" || !req.sub_resource.as_deref().unwrap_or_default().is_empty() {
             return (allow, outcome("skipped", "not_a_pod_create"));
@@ -127,7 +141,12 @@ impl<B: BindingSource> Admission<B> {
             Operation::Update => return update(allow, req),
             _ => return (allow, outcome("skipped", "not_a_pod_create")),
         }
-        let pod = match decode_pod(req) {
+        let pod = match req
+            .object
+            .as_ref()
+            .ok_or("the request has no object".to_owned())
+            .and_then(K::pod)
+        {
             Ok(pod) => pod,
             Err(why) => {
                 tracing::warn!(uid = %req.uid, error = %why, "cannot decode the pod under admission");
@@ -191,13 +210,16 @@ impl<B: BindingSource> Admission<B> {
 
 /// A pod update: only changes of the `credvend.io/binding` label matter (see the module
 /// documentation). Labels are read loosely, so an update we cannot fully decode is still judged.
-fn update(
+fn update<K: UnderReview>(
     allow: AdmissionResponse,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &AdmissionRequest<K>,
 ) -> (AdmissionResponse, Outcome) {
-    let labels = |object: Option<&DynamicObject>| object.and_then(|o| o.metadata.labels.clone());
-    let (old, new) = (labels(req.old_object.as_ref()), labels(req.object.as_ref()));
-    match inject::label_change(old.as_ref(), new.as_ref()) {
+    let old = req
+        .old_object
+        .as_ref()
+        .and_then(|o| o.meta().labels.as_ref());
+    let new = req.object.as_ref().and_then(|o| o.meta().labels.as_ref());
+    match inject::label_change(old, new) {
         Ok(()) => (allow, outcome("skipped", "update")),
         Err(reason) => {
             tracing::info!(
@@ -218,12 +240,27 @@ fn outcome(result: &'static str, reason: &'static str) -> Outcome {
     Outcome { result, reason }
 }
 
-/// The pod under admission, typed. The review is parsed loosely first so that a pod our
-/// types cannot read still gets an answer carrying the request's uid.
-fn decode_pod(req: &AdmissionRequest<DynamicObject>) -> Result<Pod, String> {
-    let object = req.object.as_ref().ok_or("the request has no object")?;
-    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-    serde_json::from_value(value).map_err(|e| e.to_string())
+/// The object of a review as decoded: a typed pod (nearly always), or a loose object when
+/// our types could not read the pod, so that it still gets an answer carrying the request's uid.
+trait UnderReview: Resource + Sync {
+    /// The pod under admission, typed, or why it cannot be.
+    fn pod(&self) -> Result<Cow<'_, Pod>, String>;
+}
+
+impl UnderReview for Pod {
+    fn pod(&self) -> Result<Cow<'_, Pod>, String> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl UnderReview for DynamicObject {
+    /// Decodes again to find the reason: only reviews the typed pass refused come here.
+    fn pod(&self) -> Result<Cow<'_, Pod>, String> {
+        let value = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        serde_json::from_value(value)
+            .map(Cow::Owned)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Turns a decision into the response, logging it once.
@@ -373,9 +410,11 @@ mod tests {
         .await;
         assert_eq!(resp["allowed"], true);
         assert_eq!(resp["patchType"], "JSONPatch");
-        // kube encodes the patch bytes as a JSON array of numbers, which the API server's
-        // decoder accepts for a []byte field.
-        let bytes: Vec<u8> = serde_json::from_value(resp["patch"].clone()).unwrap();
+        // The patch is base64, as Kubernetes' JSON writes a []byte field.
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(resp["patch"].as_str().unwrap())
+            .unwrap();
         let ops: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
         assert!(
             !ops.is_empty() && ops.iter().all(|op| op["op"] == "add"),

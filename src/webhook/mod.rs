@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod metrics;
 pub mod tls;
+mod wire;
 
 use std::sync::Arc;
 

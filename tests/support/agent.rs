@@ -63,6 +63,9 @@ pub struct AgentOptions {
     /// Binding plans to pass as `--binding` (the webhook's way) instead of `--role-arn` and
     /// its flags. `tokenFile`, `stsEndpoint` and `region` default to the test's.
     pub bindings: Vec<serde_json::Value>,
+    /// The binary to run instead of this build's `credvend` (the benchmark runs the release
+    /// build).
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -77,6 +80,7 @@ impl AgentOptions {
             env: Vec::new(),
             metrics_port: None,
             bindings: Vec::new(),
+            binary: None,
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct AgentProcess {
     pub metrics_port: u16,
     listen_host: String,
     env: Vec<(String, String)>,
+    binary: PathBuf,
 }
 
 impl AgentProcess {
@@ -165,6 +170,9 @@ impl AgentProcess {
             metrics_port,
             listen_host: opts.listen_host,
             env: opts.env,
+            binary: opts
+                .binary
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_credvend"))),
         };
         agent.spawn();
         agent
@@ -176,7 +184,7 @@ impl AgentProcess {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
+        let child = Command::new(&self.binary)
             .args(&self.args)
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -123,6 +123,7 @@ pub struct Installed {
     /// The Deployment's args, listen addresses and pod name left out (see [`Installed::replica`]).
     args: Vec<String>,
     kubeconfig: PathBuf,
+    binary: PathBuf,
     /// The release, for an isolated install.
     isolated: Option<String>,
 }
@@ -148,6 +149,9 @@ pub struct InstallOptions<'a> {
     /// several installs on one control plane (tests running in parallel, an operator a test
     /// kills while its webhook configuration stays behind) never see each other's pods.
     pub isolated: bool,
+    /// The binary to run instead of this build's `credvend` (the benchmark runs the release
+    /// build).
+    pub binary: Option<&'a Path>,
 }
 
 /// The namespace label an isolated install's webhook selects.
@@ -182,6 +186,7 @@ impl Installed {
     pub async fn replica(&self, pod_name: &str, dir: &Path) -> Replica {
         let (webhook_port, metrics_port) = (free_port(), free_port());
         let proc = start_operator(
+            &self.binary,
             &self.args,
             &self.kubeconfig,
             webhook_port,
@@ -199,6 +204,7 @@ impl Installed {
 }
 
 fn start_operator(
+    binary: &Path,
     args: &[String],
     kubeconfig: &Path,
     webhook_port: u16,
@@ -211,7 +217,7 @@ fn start_operator(
     args.push(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
     args.push(format!("--pod-name={pod_name}"));
     Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_credvend"))
+        Command::new(binary)
             .args(&args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info"),
@@ -331,7 +337,12 @@ pub async fn install_with(
     .await
     .unwrap();
     let kubeconfig = service_account_kubeconfig(cp, &token, dir);
+    let binary = options.binary.map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_credvend")),
+        Path::to_path_buf,
+    );
     let operator = start_operator(
+        &binary,
         &args,
         &kubeconfig,
         webhook_port,
@@ -348,6 +359,7 @@ pub async fn install_with(
         objects,
         args,
         kubeconfig,
+        binary,
         isolated: options.isolated.then(|| release.clone()),
     };
     wait_ready(
