@@ -43,7 +43,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(clamped, reasons.contains(&"ChainedSessionClamped"));
             if clamped {
                 assert!(!binding.spec.chain.is_empty());
-                assert_eq!(validated.served_duration, credvend::plan::MAX_CHAINED_SESSION);
+                assert_eq!(
+                    validated.served_duration,
+                    credvend::plan::MAX_CHAINED_SESSION
+                );
             }
             for w in &validated.warnings {
                 assert!(!w.to_string().is_empty() && !w.reason().is_empty());

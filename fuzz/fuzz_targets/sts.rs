@@ -83,9 +83,11 @@ fuzz_target!(|data: &[u8]| {
     let status = STATUSES[usize::from(pick) % STATUSES.len()];
     *ANSWER.lock().expect("lock") = (status, body.to_vec());
     let sts = &*STS;
-    let result = sts
-        .runtime
-        .block_on(exchange::exchange_token(&sts.client, &sts.request, &sts.token));
+    let result = sts.runtime.block_on(exchange::exchange_token(
+        &sts.client,
+        &sts.request,
+        &sts.token,
+    ));
     match result {
         Ok(out) => {
             assert!((200..300).contains(&status), "credentials from a {status}");

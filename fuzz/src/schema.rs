@@ -219,9 +219,9 @@ impl SpecSchema {
                 return true;
             };
             let tags = value.get("sessionTags").and_then(Value::as_array);
-            return transitive.iter().all(|k| {
-                tags.is_some_and(|tags| tags.iter().any(|t| &t["key"] == k))
-            });
+            return transitive
+                .iter()
+                .all(|k| tags.is_some_and(|tags| tags.iter().any(|t| &t["key"] == k)));
         }
         if let Some(c) = cached(EACH_MATCHES).captures(rule) {
             let items = value.as_array().expect("a list");
