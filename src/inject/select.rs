@@ -140,6 +140,14 @@ impl Options {
     fn gets_credentials(&self, name: &str) -> bool {
         !self.skip.contains(name) && self.include.as_ref().is_none_or(|i| i.contains(name))
     }
+
+    /// The bindings `credvend.io/container-bindings` names.
+    pub(super) fn mapped_bindings(&self) -> BTreeSet<&str> {
+        self.container_bindings
+            .values()
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 /// `worker=queue-reader,uploader=s3-writer`: containers of this pod mapped to bindings.
@@ -459,16 +467,6 @@ pub(super) fn extra_bindings<'b>(
         .into_iter()
         .map(|name| binding(Some(name), service_account, candidates, &BTreeSet::new()))
         .collect()
-}
-
-impl Options {
-    /// The bindings `credvend.io/container-bindings` names.
-    pub(super) fn mapped_bindings(&self) -> BTreeSet<&str> {
-        self.container_bindings
-            .values()
-            .map(String::as_str)
-            .collect()
-    }
 }
 
 fn all_containers(spec: &PodSpec) -> impl Iterator<Item = (ContainerList, &Container)> {

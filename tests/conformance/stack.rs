@@ -192,6 +192,8 @@ impl Served {
                 *counts.entry(status).or_default() += value as u64;
             }
         }
+        // The agent exports each status it can answer from its start, at 0: only answers count.
+        counts.retain(|_, n| *n > 0);
         Served(counts)
     }
 
@@ -215,9 +217,15 @@ mod tests {
                     # TYPE credvend_endpoint_requests_total counter\n\
                     credvend_endpoint_requests_total{status=\"200\"} 3\n\
                     credvend_endpoint_requests_total{path=\"/x\",status=\"401\"} 1\n\
+                    credvend_endpoint_requests_total{status=\"503\"} 0\n\
                     credvend_endpoint_requests_seconds_count 4\n";
         let served = Served::parse(page);
         assert_eq!(served.fetches(), 3);
         assert_eq!(served.total(), 4);
+        assert_eq!(
+            served.0.keys().copied().collect::<Vec<_>>(),
+            [200, 401],
+            "no 503 answered"
+        );
     }
 }
