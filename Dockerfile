@@ -25,9 +25,15 @@ RUN mkdir src \
     && rm -rf src target/release/credvend* target/release/deps/credvend-* \
         target/release/deps/libcredvend-* target/release/.fingerprint/credvend-*
 
+# build.rs and layout/ decide how the binary is linked (the agent's functions together, packed
+# relocations); `install -s` then strips it: symbols would be a third of the file and are never
+# mapped, and the release profile keeps them so that the layout can be recorded from this very
+# build (scripts/agent-layout.sh).
+COPY build.rs ./
+COPY layout ./layout
 COPY src ./src
 RUN cargo build --release --locked --bin credvend \
-    && install -D -m 0755 target/release/credvend /out/credvend
+    && install -s -D -m 0755 target/release/credvend /out/credvend
 
 # distroless/cc: glibc, libgcc and CA certificates (STS is reached over TLS), no shell and no
 # package manager. The :nonroot tag's default user is 65532, set explicitly below as well so

@@ -40,7 +40,7 @@ fn the_image_build_produces_a_working_binary_from_its_build_context_alone() {
     // The builder stage: what it copies is the whole build context the binary may need.
     assert_eq!(
         release::build_context(&steps),
-        ["Cargo.toml", "Cargo.lock", "src"]
+        ["Cargo.toml", "Cargo.lock", "build.rs", "layout", "src"]
     );
     let build = release::build_command(&steps);
     assert!(
@@ -66,8 +66,9 @@ fn the_image_build_produces_a_working_binary_from_its_build_context_alone() {
         crd,
         "the image's `credvend crd` must print the committed CRD"
     );
-    // Shipped stripped (Cargo.toml's release profile): every pod maps this file, and symbols
-    // would be 40% of it. A stripped ELF keeps no `.symtab` section name.
+    // Shipped stripped (the Dockerfile's `install -s`; the release profile keeps the symbols
+    // that scripts/agent-layout.sh records the agent's layout from): every pod maps this file,
+    // and symbols would be a third of it. A stripped ELF keeps no `.symtab` section name.
     let image = std::fs::read(bin).unwrap();
     assert!(
         !image.windows(9).any(|w| w == b"\0.symtab\0"),

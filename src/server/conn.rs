@@ -44,32 +44,52 @@ pub struct Shared<S> {
 }
 
 /// Serves one accepted connection until it closes, times out or is evicted.
+///
+/// The connection runs in a task of its own and this one only watches it: a `select!` of the
+/// two in one task would poll the watchdog (its timer and its eviction signal) at every wake
+/// of the connection, that is several times a request. Here the watchdog wakes for its
+/// deadline, an eviction or the connection's end, and aborts the connection when it must go.
+/// The place in the table is left only once the connection's task, and so its socket, is gone.
 pub async fn run<S, Fut>(port: Arc<Shared<S>>, stream: TcpStream, entry: Entry, watcher: Watcher)
 where
     S: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let slot = entry.slot.clone();
-    let work = async {
-        match port.tls.clone() {
-            None => http(port.clone(), slot.clone(), stream, watcher).await,
-            Some(acceptor) => match acceptor.accept(stream).await {
-                Ok(tls) => {
-                    slot.enter(Phase::Head);
-                    http(port.clone(), slot.clone(), tls, watcher).await;
-                }
-                Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
-            },
-        }
-    };
+    let mut work = tokio::spawn(connection(port.clone(), stream, slot.clone(), watcher));
     tokio::select! {
-        () = work => {}
+        biased;
+        _ = &mut work => {}
         reason = watchdog(&slot, &port.limits) => {
+            work.abort();
+            let _ = work.await;
             port.metrics.closed.with_label_values(&[port.name, reason]).inc();
             tracing::debug!(listener = port.name, reason, "connection closed by the server");
         }
     }
     drop(entry);
+}
+
+/// The connection itself: the TLS handshake if the port has TLS, then HTTP/1.1.
+async fn connection<S, Fut>(
+    port: Arc<Shared<S>>,
+    stream: TcpStream,
+    slot: Arc<Slot>,
+    watcher: Watcher,
+) where
+    S: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    match port.tls.clone() {
+        None => http(port, slot, stream, watcher).await,
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => {
+                slot.enter(Phase::Head);
+                http(port, slot, tls, watcher).await;
+            }
+            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+        },
+    }
 }
 
 /// Resolves when the connection must end, with the reason (a metric label): its phase's

@@ -33,10 +33,38 @@ pub enum Phase {
     Handler,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct State {
-    phase: Phase,
-    since: Instant,
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Handshake,
+        Phase::Head,
+        Phase::Idle,
+        Phase::Body,
+        Phase::Handler,
+    ];
+}
+
+/// A phase and the instant it began, packed in one word so that a request's phase changes
+/// are single atomic stores instead of lock round trips (three per request, on the endpoint's
+/// hot path): the low 3 bits are the phase, the rest nanoseconds since [`epoch`], which lasts
+/// for 73 years of uptime.
+fn pack(phase: Phase, since: Instant) -> u64 {
+    let nanos =
+        u64::try_from(since.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX >> 3);
+    (nanos << 3) | phase as u64
+}
+
+fn unpack(word: u64) -> (Phase, Instant) {
+    let phase = Phase::ALL
+        .get((word & 0b111) as usize)
+        .copied()
+        .unwrap_or(Phase::Handler);
+    (phase, epoch() + Duration::from_nanos(word >> 3))
+}
+
+/// The instant phase times count from: the first use, before any connection's phase.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// One connection's entry: its phase, the body bytes it holds, and its eviction signal.
@@ -44,7 +72,9 @@ struct State {
 pub struct Slot {
     id: u64,
     peer: IpAddr,
-    state: Mutex<State>,
+    /// The phase and since when, [`pack`]ed. Written only by the connection's own task; read
+    /// by its watchdog and by the table choosing whom to evict.
+    state: AtomicU64,
     /// Body bytes this connection holds from the port's budget.
     held: AtomicUsize,
     /// Woken when the table evicts this connection.
@@ -56,42 +86,28 @@ impl Slot {
         Slot {
             id,
             peer,
-            state: Mutex::new(State {
-                phase,
-                since: Instant::now(),
-            }),
+            state: AtomicU64::new(pack(phase, Instant::now())),
             held: AtomicUsize::new(0),
             evicted: Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The current phase and when it began.
     pub fn phase(&self) -> (Phase, Instant) {
-        let s = *self.lock();
-        (s.phase, s.since)
+        unpack(self.state.load(Ordering::Acquire))
     }
 
     /// Moves to `phase` now (the connection's watchdog reads it when it next wakes).
     pub fn enter(&self, phase: Phase) {
-        *self.lock() = State {
-            phase,
-            since: Instant::now(),
-        };
+        self.state
+            .store(pack(phase, Instant::now()), Ordering::Release);
     }
 
     /// Bytes arrived: an idle keep-alive connection starts a new request head, whose
     /// deadline runs from here rather than from the end of the previous response.
     pub fn on_bytes(&self) {
-        let mut state = self.lock();
-        if state.phase == Phase::Idle {
-            *state = State {
-                phase: Phase::Head,
-                since: Instant::now(),
-            };
+        if unpack(self.state.load(Ordering::Acquire)).0 == Phase::Idle {
+            self.enter(Phase::Head);
         }
     }
 

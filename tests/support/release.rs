@@ -75,6 +75,16 @@ pub fn build_context(steps: &[String]) -> Vec<String> {
 
 /// The builder stage's final `cargo build` command.
 pub fn build_command(steps: &[String]) -> String {
+    final_run_command(steps, "cargo build")
+}
+
+/// The builder stage's final `install` command: how the built binary becomes the image's.
+pub fn install_command(steps: &[String]) -> String {
+    final_run_command(steps, "install ")
+}
+
+/// The command of the builder stage's last `RUN` that starts with `program`.
+fn final_run_command(steps: &[String], program: &str) -> String {
     steps[..runtime_stage_start(steps)]
         .iter()
         .rev()
@@ -82,13 +92,18 @@ pub fn build_command(steps: &[String]) -> String {
         .and_then(|run| {
             run.split("&&")
                 .map(str::trim)
-                .find(|c| c.starts_with("cargo build"))
+                .find(|c| c.starts_with(program))
         })
         .unwrap()
         .to_owned()
 }
 
-/// The release binary, built on first use in this process; `CREDVEND_RELEASE_BINARY` names
+/// Where the Dockerfile's `install` puts the image's binary; [`binary`] puts it under the
+/// cache instead.
+const IMAGE_BINARY: &str = "/out/credvend";
+
+/// The image's binary (built, then installed as the Dockerfile installs it), made on first use
+/// in this process; `CREDVEND_RELEASE_BINARY` names
 /// one built elsewhere instead (a CI job that already ran the Dockerfile's build).
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
@@ -126,7 +141,26 @@ fn build() -> anyhow::Result<PathBuf> {
         status.success(),
         "`{build}` failed on the Docker build context"
     );
-    Ok(target.join("release/credvend"))
+    // Then the Dockerfile's own install step (it strips), from our target dir and into the
+    // cache instead of /out.
+    let shipped = target.join("image/credvend");
+    let install = install_command(&steps);
+    let mut words = install
+        .split_whitespace()
+        .map(|w| match w.strip_prefix("target/") {
+            _ if w == IMAGE_BINARY => shipped.clone().into_os_string(),
+            Some(built) => target.join(built).into_os_string(),
+            None => w.into(),
+        });
+    let program = words
+        .next()
+        .ok_or_else(|| anyhow!("empty install command"))?;
+    let status = Command::new(program)
+        .args(words)
+        .status()
+        .with_context(|| format!("running `{install}`"))?;
+    ensure!(status.success(), "`{install}` failed");
+    Ok(shipped)
 }
 
 /// Makes `to` a copy of `from`, writing only files whose contents differ and removing what

@@ -13,7 +13,7 @@ use crate::Plan;
 use crate::load::{Generator, Request, Run};
 use crate::procfs::{self, Memory};
 use crate::report::{Report, Row};
-use crate::servers::{Baseline, Binaries, binary_sizes};
+use crate::servers::{Baseline, Binaries, binary_sizes, layout_coverage};
 use crate::stats::Spread;
 use crate::support::agent::{AgentOptions, AgentProcess, ROLE_ARN, SESSION_NAME, fake_jwt};
 use crate::support::http;
@@ -236,19 +236,30 @@ fn memory_rows(
     );
     let (a, b) = (binary_sizes(agent_bin), binary_sizes(minimal_bin));
     add(
-        "binary as built".into(),
+        "binary as shipped".into(),
         "MiB",
         a.0,
         b.0,
-        "ls -l target/release/credvend",
+        "ls -l the image's credvend (the Dockerfile's install -s)",
     );
     add(
         "binary stripped".into(),
         "MiB",
         a.1,
         b.1,
-        "strip -o credvend.stripped target/release/credvend",
+        "strip -o credvend.stripped <binary>",
     );
+    let coverage = layout_coverage(agent_bin);
+    report.add(Row {
+        section: SECTION_MEMORY,
+        measure: "agent layout: recorded functions in the build".into(),
+        unit: "%",
+        credvend: Spread::one(coverage),
+        baseline_name: "layout/agent.order",
+        baseline: Spread::one(100.0),
+        command: "nm --defined-only target/release/credvend (re-record: scripts/agent-layout.sh)"
+            .into(),
+    });
 }
 
 /// A thousand new connections at once: with too small a listen backlog some wait for a SYN

@@ -76,3 +76,44 @@ pub fn binary_sizes(path: &Path) -> (f64, f64) {
         .is_ok_and(|s| s.success());
     (mib(path), if ok { mib(&stripped) } else { f64::NAN })
 }
+
+/// The share of layout/agent.order (build.rs) that the build behind the shipped binary at
+/// `shipped` still has, in percent: names the build lost (a dependency upgrade, a new
+/// toolchain) fall back to the default layout and cost the agent RSS. The Dockerfile strips
+/// what it installs, so the symbols are read from the build it installed from (the release
+/// dir beside the image dir); NaN when there is none.
+pub fn layout_coverage(shipped: &Path) -> f64 {
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("layout/agent.order");
+    let listed: Vec<String> = std::fs::read_to_string(order)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let Some(built) = shipped
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("release/credvend"))
+    else {
+        return f64::NAN;
+    };
+    let Ok(out) = Command::new("nm")
+        .arg("--defined-only")
+        .arg(&built)
+        .output()
+    else {
+        return f64::NAN;
+    };
+    if !out.status.success() || listed.is_empty() {
+        return f64::NAN;
+    }
+    let symbols: std::collections::HashSet<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let found = listed
+        .iter()
+        .filter(|n| symbols.contains(n.as_str()))
+        .count();
+    100.0 * found as f64 / listed.len() as f64
+}
