@@ -48,8 +48,9 @@ impl Phase {
 /// hot path): the low 3 bits are the phase, the rest nanoseconds since [`epoch`], which lasts
 /// for 73 years of uptime.
 fn pack(phase: Phase, since: Instant) -> u64 {
-    let nanos =
-        u64::try_from(since.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX >> 3);
+    let nanos = u64::try_from(since.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(u64::MAX >> 3);
     (nanos << 3) | phase as u64
 }
 
@@ -61,7 +62,8 @@ fn unpack(word: u64) -> (Phase, Instant) {
     (phase, epoch() + Duration::from_nanos(word >> 3))
 }
 
-/// The instant phase times count from: the first use, before any connection's phase.
+/// The instant phase times count from, read at the first [`pack`] (the very first phase, begun
+/// a moment before, reads as begun at it).
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -318,6 +320,17 @@ mod tests {
         assert!(table.admit(A, Phase::Head).is_none());
         drop(a);
         assert!(table.admit(A, Phase::Head).is_some());
+    }
+
+    #[test]
+    fn a_packed_phase_keeps_its_phase_and_its_instant_to_the_nanosecond() {
+        let start = epoch() + Duration::from_nanos(123_456_789_012);
+        for phase in Phase::ALL {
+            assert_eq!(unpack(pack(phase, start)), (phase, start));
+        }
+        // An instant before the epoch reads as the epoch.
+        let (phase, since) = unpack(pack(Phase::Idle, epoch() - Duration::from_millis(1)));
+        assert_eq!((phase, since), (Phase::Idle, epoch()));
     }
 
     #[test]
