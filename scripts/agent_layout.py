@@ -9,11 +9,15 @@ the tests, serving a CA made here, trusted through SSL_CERT_FILE next to the sys
 as in the image), serve credentials to each path, refuse a wrong token and an unknown
 binding, answer the kubelet's probes and a Prometheus scrape, then start a second time from
 the cache file the first run left, and a third time configured by flags as a person runs it.
-The functions of BINARY that ran, in the order callgrind first listed them, are the ordering
-file (one mangled symbol per line).
+callgrind follows the agent into the child processes that run its STS calls
+(`agent-exchange`). The functions of BINARY that ran, in the order callgrind first listed
+them, are the ordering file (one mangled symbol per line): first those of the long-running
+agent, so that what it keeps resident between refreshes sits together, then those that only
+its exchange processes ran.
 """
 
 import datetime
+import glob
 import ipaddress
 import os
 import re
@@ -122,7 +126,8 @@ def binding_flags(d, endpoint, by_hand):
 
 
 def run_agent(binary, d, endpoint, bundle, out, by_hand=False):
-    args = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}"]
+    args = ["valgrind", "--tool=callgrind", "--demangle=no", "--trace-children=yes"]
+    args += [f"--callgrind-out-file={out}.%p"]
     args += [binary, "agent", "--listen", f"127.0.0.1:{PORT}"]
     args += ["--metrics-listen", f"127.0.0.1:{HEALTH}"]
     args += ["--auth-token-file", os.path.join(d, "auth", "token")]
@@ -156,6 +161,11 @@ def run_agent(binary, d, endpoint, bundle, out, by_hand=False):
     agent.send_signal(signal.SIGTERM)
     if agent.wait(timeout=120) != 0:
         sys.exit(f"the agent did not stop cleanly; see {d}/agent.log")
+    # valgrind runs the agent in its own process, so the agent's pid names its output.
+    parent = f"{out}.{agent.pid}"
+    children = sorted(glob.glob(f"{out}.*"))
+    children.remove(parent)
+    return parent, children
 
 
 def functions(binary, outs):
@@ -206,13 +216,19 @@ def main():
         try:
             lines = [peer.stdout.readline().strip() for _ in range(2)]
             endpoint = next(l.split()[1] for l in lines if l.startswith("tls "))
-            outs = [os.path.join(d, f"callgrind.{n}") for n in ("first", "restart", "flags")]
-            for out in outs[:2]:
-                run_agent(binary, d, endpoint, bundle, out)
-            if "serving the credentials a previous run" not in open(os.path.join(d, "agent.log")).read():
-                sys.exit("the second start did not restore the cache file")
-            run_agent(binary, d, endpoint, bundle, outs[2], by_hand=True)
-            order = functions(binary, outs)
+            runs = [os.path.join(d, f"callgrind.{n}") for n in ("first", "restart", "flags")]
+            agents, exchanges = [], []
+            for i, out in enumerate(runs):
+                if i == 2:
+                    log = open(os.path.join(d, "agent.log")).read()
+                    if "serving the credentials a previous run" not in log:
+                        sys.exit("the second start did not restore the cache file")
+                parent, children = run_agent(binary, d, endpoint, bundle, out, by_hand=i == 2)
+                agents.append(parent)
+                exchanges += children
+            if not exchanges:
+                sys.exit("callgrind saw no exchange process")
+            order = functions(binary, agents + exchanges)
         finally:
             peer.kill()
     with open(order_file, "w") as f:

@@ -4,7 +4,7 @@
 //! hand over to the library, and turn an error into one log line (in the chosen log format,
 //! each cause once) and a non-zero exit code.
 //!
-//! The agent runs on a current-thread runtime: it is a sidecar in every pod, its work is a few
+//! The agent (and its exchange process) runs on a current-thread runtime: it is a sidecar in every pod, its work is a few
 //! requests and one STS call per half hour, and a runtime with one worker per node core would
 //! start 96 threads on a 96-core node in every pod. The operator serves the whole cluster's
 //! admissions and keeps the multi-threaded runtime.
@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the per-pod credential agent (the injected sidecar).
     Agent(Box<credvend::agent::Args>),
+    /// One refresh's STS calls, in a child process of the agent (which runs it; not by hand).
+    #[command(name = "agent-exchange", hide = true)]
+    AgentExchange(credvend::agent::exchange_child::ExchangeArgs),
     /// Run the operator: the AWSRoleBinding controller and the mutating webhook.
     Operator(Box<credvend::operator::OperatorArgs>),
     /// Print the AWSRoleBinding CustomResourceDefinition as YAML
@@ -55,6 +58,20 @@ fn main() -> ExitCode {
                 Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
             };
             exit("agent", result)
+        }
+        Command::AgentExchange(args) => {
+            credvend::telemetry::init(args.log_format);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(AGENT_BLOCKING_THREADS)
+                .build();
+            let result = match runtime {
+                Ok(rt) => rt
+                    .block_on(credvend::agent::exchange_child::run())
+                    .map_err(Into::into),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
+            };
+            exit("agent-exchange", result)
         }
         Command::Operator(args) => {
             credvend::telemetry::init(args.log_format);

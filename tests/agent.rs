@@ -576,6 +576,8 @@ async fn sigterm_cancels_an_sts_call_in_flight() {
         (sts.in_flight().await >= 1).then_some(())
     })
     .await;
+    let exchanging: Vec<u32> = agent.children().into_iter().map(|(pid, _)| pid).collect();
+    assert_eq!(exchanging.len(), 1, "one exchange process: {exchanging:?}");
     let status = agent.terminate();
     assert!(status.success(), "{status}");
     let log = agent.log();
@@ -585,6 +587,48 @@ async fn sigterm_cancels_an_sts_call_in_flight() {
     );
     // Had it waited, the call would have ended as a timeout first.
     assert!(!log.contains("(Timeout)"), "{log}");
+    // The exchange process went with it (a zombie left for init to reap counts as gone).
+    let child = exchanging[0];
+    eventually("the exchange process killed", READY, || async {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        matches!(state, None | Some("Z")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_refresh_runs_its_sts_calls_in_a_child_process_that_exits_with_the_answer() {
+    let sts = StsPeer::start();
+    sts.set_lifetime(20).await;
+    let agent = ready_agent(&sts).await;
+    let first = agent.fetch().await.json();
+    assert!(agent.children().is_empty(), "{:?}", agent.children());
+    // The next renewal (about 10 s from now) is held at STS for 3 s: long enough to look.
+    sts.delay(3).await;
+    eventually("an STS call in flight", READY, || async {
+        (sts.in_flight().await >= 1).then_some(())
+    })
+    .await;
+    let during = agent.children();
+    assert_eq!(during.len(), 1, "{during:?}");
+    assert!(
+        during[0].1.contains(" agent-exchange --log-format text"),
+        "{during:?}"
+    );
+    // Cached credentials are served meanwhile, by the agent itself.
+    assert_eq!(agent.fetch().await.json(), first);
+    eventually("new credentials", READY, || async {
+        let doc = agent.fetch().await.json();
+        (doc["AccessKeyId"] != first["AccessKeyId"]).then_some(())
+    })
+    .await;
+    eventually("the exchange process reaped", READY, || async {
+        agent.children().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,10 @@
 //! minimum (they sign one call, seconds later), so nothing but the served credentials needs
 //! keeping, and a restarted agent never holds half a chain.
 //!
+//! The calls run in a short-lived child process ([`exchange_process`](super::exchange_process)),
+//! so that the long-running agent never loads the SDK; the token is read by the agent itself
+//! ([`read_token`]), which keeps its errors local and its expiry in the agent's metrics.
+//!
 //! Errors name the call and the role, and an `AccessDenied` names what that role's trust
 //! policy must allow (the token's subject and audience for the exchange, the previous role,
 //! tags, source identity and external id for a hop): the misconfiguration users hit most.
@@ -16,13 +20,15 @@ use std::time::{Duration, UNIX_EPOCH};
 use aws_sdk_sts::config::Credentials as SigningCredentials;
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 
 use super::credentials::Credentials;
 use super::sts::{StsErrorCode, classify_sdk_error, convert};
 use super::token::{self, TokenError, WebIdentityToken};
 
 /// The fields every STS call of an exchange has.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StepRequest {
     pub role_arn: String,
     /// Rendered already: the same for every refresh of the pod.
@@ -34,7 +40,8 @@ pub struct StepRequest {
 }
 
 /// An AssumeRole hop.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HopRequest {
     pub step: StepRequest,
     pub external_id: Option<String>,
@@ -44,7 +51,8 @@ pub struct HopRequest {
 }
 
 /// What the token's claims must match in the first role's trust policy, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Trust {
     /// `system:serviceaccount:<namespace>:<service account>`.
     pub subject: String,
@@ -52,7 +60,8 @@ pub struct Trust {
 }
 
 /// What one refresh of a binding asks STS for; fixed for the agent's lifetime.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExchangeRequest {
     /// The web-identity exchange.
     pub first: StepRequest,
@@ -132,25 +141,8 @@ impl ExchangeError {
     }
 }
 
-/// The production exchanger: STS through the AWS SDK.
-pub struct StsExchanger {
-    /// The unsigned client of the binding's region and endpoint; hops derive signed ones.
-    pub client: aws_sdk_sts::Client,
-    pub request: ExchangeRequest,
-}
-
-impl super::refresh::Exchange for StsExchanger {
-    async fn exchange(&self) -> Result<Exchanged, ExchangeError> {
-        exchange(&self.client, &self.request).await
-    }
-}
-
-/// Reads the token file and runs the exchange and the chain. The token is read here, every
-/// time, because the kubelet rotates it.
-pub async fn exchange(
-    client: &aws_sdk_sts::Client,
-    req: &ExchangeRequest,
-) -> Result<Exchanged, ExchangeError> {
+/// Reads the binding's token file: every time, because the kubelet rotates it.
+pub async fn read_token(req: &ExchangeRequest) -> Result<WebIdentityToken, ExchangeError> {
     let path = req.token_file.clone();
     let token: WebIdentityToken = tokio::task::spawn_blocking(move || token::read(&path))
         .await
@@ -164,17 +156,18 @@ pub async fn exchange(
     // Formats the token's Debug (redacted) on purpose: the tests run at debug level and check
     // that no secret reaches the log through this path.
     tracing::debug!(token = ?token, "read the web identity token");
-    exchange_token(client, req, &token).await
+    Ok(token)
 }
 
-fn first_call(req: &ExchangeRequest) -> Call {
+/// The call that fails when no STS call could be made at all.
+pub fn first_call(req: &ExchangeRequest) -> Call {
     Call {
         step: 0,
         role_arn: req.first.role_arn.clone(),
     }
 }
 
-/// The exchange and the chain once the token is read.
+/// The exchange and the chain once the token is read: what the exchange process runs.
 pub async fn exchange_token(
     client: &aws_sdk_sts::Client,
     req: &ExchangeRequest,

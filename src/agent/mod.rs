@@ -11,6 +11,8 @@
 //! This file is only that wiring. Modules: `args` (the flags), `config` (`AgentConfig`, the
 //! validated settings), `token` (projected token), `auth` (endpoint token), `sts` (the STS
 //! client and its error codes), `exchange` (the exchange and the chain of AssumeRole hops),
+//! `exchange_process` (each refresh's calls in a child process), `exchange_job` (what goes
+//! through its pipes), `exchange_child` (the child, `credvend agent-exchange`),
 //! `schedule` (when to renew, pure), `refresh` (the
 //! loop), `cache` (what is served), `persist` (its copy for restarts), `credentials` (the
 //! served document), `endpoint` (request → response, pure), `handlers` (the two listeners),
@@ -23,6 +25,9 @@ pub mod config;
 pub mod credentials;
 pub mod endpoint;
 pub mod exchange;
+pub mod exchange_child;
+pub mod exchange_job;
+pub mod exchange_process;
 pub mod handlers;
 pub mod metrics;
 pub mod persist;
@@ -57,6 +62,8 @@ pub enum AgentError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot install the signal handler")]
     Signal(#[source] std::io::Error),
+    #[error("cannot find the agent's own executable, which runs its STS exchanges")]
+    Executable(#[source] std::io::Error),
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -79,20 +86,15 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     tracing::debug!(auth_token = ?auth, "endpoint authorization token ready");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut clients: Vec<((String, Option<String>), aws_sdk_sts::Client)> = Vec::new();
     let mut entries = Vec::with_capacity(cfg.bindings.len());
     let mut tasks = Vec::with_capacity(cfg.bindings.len() + 2);
     for binding in cfg.bindings {
         log_binding(&binding);
-        let key = (binding.region.clone(), binding.sts_endpoint.clone());
-        let client = match clients.iter().find(|(k, _)| *k == key) {
-            Some((_, client)) => client.clone(),
-            None => {
-                let client = sts::client(key.0.clone(), key.1.clone()).await;
-                clients.push((key, client.clone()));
-                client
-            }
-        };
+        let program = exchange_process::Program::this_binary(
+            args.log_format,
+            binding.exchange.hops.len() + 1,
+        )
+        .map_err(AgentError::Executable)?;
         let cache = Arc::new(CredentialCache::default());
         let binding_metrics = metrics.for_binding(&binding.name);
         let served = binding.exchange.served();
@@ -110,8 +112,10 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         );
         let refresher = Refresher {
             binding: binding.name.clone(),
-            exchanger: exchange::StsExchanger {
-                client,
+            exchanger: exchange_process::ProcessExchanger {
+                program,
+                region: binding.region,
+                sts_endpoint: binding.sts_endpoint,
                 request: binding.exchange,
             },
             requested: binding.requested,

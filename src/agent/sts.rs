@@ -51,10 +51,44 @@ pub enum StsErrorCode {
     InvalidResponse,
     /// STS answered with credentials that had already expired by the node's clock.
     ExpiredOnArrival,
+    /// The child process that runs the calls ([`exchange_process`](super::exchange_process))
+    /// could not be started, died, or gave no readable answer.
+    ExchangeProcessFailed,
     Other,
 }
 
 impl StsErrorCode {
+    /// Every code, for reading one back from its label.
+    pub const ALL: [StsErrorCode; 21] = [
+        Self::Throttling,
+        Self::AccessDenied,
+        Self::InvalidIdentityToken,
+        Self::ExpiredToken,
+        Self::IdpCommunicationError,
+        Self::IdpRejectedClaim,
+        Self::MalformedPolicyDocument,
+        Self::PackedPolicyTooLarge,
+        Self::RegionDisabled,
+        Self::InvalidParameter,
+        Self::ServerError,
+        Self::Timeout,
+        Self::ConnectionRefused,
+        Self::ConnectionReset,
+        Self::TlsError,
+        Self::DnsError,
+        Self::Unreachable,
+        Self::InvalidResponse,
+        Self::ExpiredOnArrival,
+        Self::ExchangeProcessFailed,
+        Self::Other,
+    ];
+
+    /// The code whose label ([`as_str`](Self::as_str)) is `label`: how the agent reads the
+    /// code its exchange process reported.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == label)
+    }
+
     /// Maps an STS error code (and the HTTP status, for codes STS does not name) to ours.
     pub fn classify(code: Option<&str>, status: Option<u16>) -> Self {
         match code {
@@ -107,6 +141,7 @@ impl StsErrorCode {
             Self::Unreachable => "Unreachable",
             Self::InvalidResponse => "InvalidResponse",
             Self::ExpiredOnArrival => "CredentialsExpiredOnArrival",
+            Self::ExchangeProcessFailed => "ExchangeProcessFailed",
             Self::Other => "Other",
         }
     }
@@ -129,6 +164,7 @@ impl StsErrorCode {
                 | Self::InvalidResponse
                 | Self::ExpiredOnArrival
                 | Self::ExpiredToken
+                | Self::ExchangeProcessFailed
         )
     }
 
@@ -164,10 +200,16 @@ impl StsErrorCode {
             Self::ExpiredOnArrival => {
                 "STS returned credentials that had already expired: the node's clock is wrong (check its time synchronisation) or the STS endpoint misbehaves; retrying with backoff"
             }
+            Self::ExchangeProcessFailed => {
+                "the process that runs the STS calls (credvend agent-exchange) failed; its log lines above say why, and one killed by a signal may have hit the sidecar's memory limit; retrying with backoff"
+            }
             _ => "retrying with backoff",
         }
     }
 }
+
+/// The longest one STS call may take, retries included (there are none).
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Builds the unsigned STS client for `region`, with an optional endpoint override.
 ///
@@ -177,7 +219,7 @@ pub async fn client(region: String, endpoint: Option<String>) -> aws_sdk_sts::Cl
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(Duration::from_secs(10))
-        .operation_timeout(Duration::from_secs(15))
+        .operation_timeout(OPERATION_TIMEOUT)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .no_credentials()
@@ -288,6 +330,18 @@ pub fn connection_failure(err: &(dyn std::error::Error + 'static)) -> StsErrorCo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_reads_back_from_its_label_and_labels_are_distinct() {
+        for code in StsErrorCode::ALL {
+            assert_eq!(StsErrorCode::from_label(code.as_str()), Some(code));
+        }
+        let mut labels: Vec<&str> = StsErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), StsErrorCode::ALL.len());
+        assert_eq!(StsErrorCode::from_label("NoSuchCode"), None);
+    }
 
     #[test]
     fn sts_codes_map_to_stable_labels() {

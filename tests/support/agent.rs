@@ -234,6 +234,33 @@ impl AgentProcess {
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
+    /// The agent's child processes (zombies included), each as its pid and command line.
+    pub fn children(&self) -> Vec<(u32, String)> {
+        let parent = self.pid();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: the fields after the last ')' are fixed.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+            }
+        }
+        found
+    }
+
     pub fn auth_token_file(&self) -> PathBuf {
         self.dir.path().join("auth/token")
     }
