@@ -25,6 +25,7 @@
 
 mod agent;
 mod apps;
+mod document;
 mod patch;
 mod select;
 mod settings;
@@ -36,6 +37,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::crd::{self, AWSRoleBinding};
 
 pub use agent::METRICS_PORT_NAME;
+pub use document::PatchDocument;
 pub use select::label_change;
 pub use settings::{
     AgentResources, DEFAULT_AGENT_IMAGE, DEFAULT_METRICS_PORT, DEFAULT_PORT, InjectSettings,
@@ -114,7 +116,7 @@ pub enum Decision {
     /// Admit with this JSON patch.
     Inject {
         /// Only `add` operations.
-        patch: json_patch::Patch,
+        patch: PatchDocument,
         /// Admission warnings (shown by kubectl): things that work but probably not as meant.
         warnings: Vec<String>,
         /// Name of the binding used.
@@ -500,7 +502,7 @@ fn plan_and_build(
         .collect();
     plan.targets = pending;
     let patch = patch::complete(pod, &plan).map_err(|e| DenyReason::Internal(e.to_string()))?;
-    if patch.0.is_empty() {
+    if patch.is_empty() {
         return Ok(Decision::Skip {
             reason: SkipReason::AlreadyInjected,
         });

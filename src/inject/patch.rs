@@ -1,13 +1,17 @@
-//! Turning a plan into JSON-patch `add` operations.
+//! Turning a plan into JSON-patch `add` operations, written as text as they are decided
+//! ([`document`](super::document)).
 //!
 //! Only additions, at the narrowest path that works: a list or map is created when the pod has
 //! none, otherwise items are appended (`/-`) or keys added one by one. Map keys such as
 //! `credvend.io/binding` go through JSON-pointer token escaping (`/` becomes `~1`).
 
+use std::collections::BTreeMap;
+
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde::Serialize;
+
+use super::document::{PatchDocument, PatchWriter};
 
 use super::select::{ContainerList, Target};
 use super::{
@@ -55,7 +59,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-type Ops = Vec<PatchOperation>;
+type Ops = PatchWriter;
 
 /// The patch, in a fixed order: metadata, volumes, the agent, then each application container.
 pub(super) fn build(
@@ -63,7 +67,7 @@ pub(super) fn build(
     spec: &PodSpec,
     plan: &Plan<'_>,
     settings: &InjectSettings,
-) -> Result<Patch, serde_json::Error> {
+) -> Result<PatchDocument, serde_json::Error> {
     let mut ops = Ops::new();
     metadata(pod, plan, &mut ops)?;
     add_items(
@@ -74,20 +78,20 @@ pub(super) fn build(
     )?;
     let agent = agent::container(&plan.bindings, plan.port, settings);
     if spec.init_containers.is_some() {
-        ops.push(add(pointer(&["spec", "initContainers", "0"]), &agent)?);
+        ops.add(&pointer(&["spec", "initContainers", "0"]), &agent)?;
     } else {
-        ops.push(add(pointer(&["spec", "initContainers"]), [&agent])?);
+        ops.add(&pointer(&["spec", "initContainers"]), &[&agent])?;
     }
     for target in &plan.targets {
         app_container(target, plan, true, &mut ops)?;
     }
-    Ok(Patch(ops))
+    Ok(ops.finish())
 }
 
 /// The patch for a pod that already carries our agent: the markers it lacks (or carries with
 /// another value) and, for each of `plan.targets`, the environment and mount it lacks. Empty
 /// when there is nothing to do.
-pub(super) fn complete(pod: &Pod, plan: &Plan<'_>) -> Result<Patch, serde_json::Error> {
+pub(super) fn complete(pod: &Pod, plan: &Plan<'_>) -> Result<PatchDocument, serde_json::Error> {
     let mut ops = Ops::new();
     let current = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
         map.as_ref().and_then(|m| m.get(key)).cloned()
@@ -115,7 +119,7 @@ pub(super) fn complete(pod: &Pod, plan: &Plan<'_>) -> Result<Patch, serde_json::
     for target in &plan.targets {
         app_container(target, plan, false, &mut ops)?;
     }
-    Ok(Patch(ops))
+    Ok(ops.finish())
 }
 
 fn desired_labels(plan: &Plan<'_>) -> Vec<(&'static str, String)> {
@@ -192,11 +196,11 @@ fn add_items<T: Serialize>(
         return Ok(());
     }
     if !exists {
-        ops.push(add(path, items)?);
-        return Ok(());
+        return ops.add(&path, &items);
     }
+    let append = path.with_trailing_token("-");
     for item in items {
-        ops.push(add(path.with_trailing_token("-"), item)?);
+        ops.add(&append, item)?;
     }
     Ok(())
 }
@@ -210,15 +214,11 @@ fn add_entries(
     entries: &[(&str, String)],
 ) -> Result<(), serde_json::Error> {
     if !exists {
-        let map: serde_json::Map<String, serde_json::Value> = entries
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(v.as_str())))
-            .collect();
-        ops.push(add(path, map)?);
-        return Ok(());
+        let map: BTreeMap<&str, &str> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        return ops.add(&path, &map);
     }
     for (key, value) in entries {
-        ops.push(add(path.with_trailing_token(*key), value)?);
+        ops.add(&path.with_trailing_token(*key), value)?;
     }
     Ok(())
 }
@@ -226,11 +226,4 @@ fn add_entries(
 /// A pointer from unescaped tokens; escaping happens here, once.
 pub(super) fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-fn add(path: PointerBuf, value: impl Serialize) -> Result<PatchOperation, serde_json::Error> {
-    Ok(PatchOperation::Add(AddOperation {
-        path,
-        value: serde_json::to_value(value)?,
-    }))
 }

@@ -263,7 +263,7 @@ fn injected(case: &Golden) -> (json_patch::Patch, Vec<String>, String) {
             warnings,
             binding,
             kind: Injection::Fresh,
-        } => (patch, warnings, binding),
+        } => (patch.operations().unwrap(), warnings, binding),
         other => panic!("{}: expected an injection, got {other:?}", case.name),
     }
 }
@@ -434,7 +434,7 @@ fn fields_unknown_to_this_code_survive_the_patch() {
         panic!("expected an injection");
     };
     let mut after = pod.clone();
-    json_patch::patch(&mut after, &patch).unwrap();
+    json_patch::patch(&mut after, &patch.operations().unwrap()).unwrap();
     assert_eq!(after["spec"]["futureField"], json!({"x": 1}));
     assert_eq!(
         after["spec"]["containers"][0]["futureContainerField"],
@@ -503,7 +503,7 @@ fn applied(pod: &Value, bindings: &[AWSRoleBinding]) -> Pod {
         panic!("expected an injection");
     };
     let mut after = pod.clone();
-    json_patch::patch(&mut after, &patch).unwrap();
+    json_patch::patch(&mut after, &patch.operations().unwrap()).unwrap();
     typed(&after)
 }
 
@@ -651,7 +651,7 @@ fn settings_defaults_reach_the_agent_when_the_binding_is_silent() {
     let Decision::Inject { patch, .. } = decide(&typed(&base_pod()), &candidates, &settings) else {
         panic!("expected an injection");
     };
-    let text = serde_json::to_string(&patch).unwrap();
+    let text = String::from_utf8(patch.into_bytes()).unwrap();
     assert!(
         text.contains(
             r#"\"region\":\"eu-central-1\",\"stsEndpoint\":\"https://sts.eu-central-1.amazonaws.com\""#
@@ -1108,7 +1108,7 @@ fn patched(pod: &Value, bindings: &[AWSRoleBinding]) -> Value {
         panic!("expected an injection");
     };
     let mut after = pod.clone();
-    json_patch::patch(&mut after, &patch).unwrap();
+    json_patch::patch(&mut after, &patch.operations().unwrap()).unwrap();
     after
 }
 
@@ -1169,6 +1169,7 @@ fn containers_a_later_webhook_adds_are_completed_and_the_agent_is_not_added_twic
     };
     assert_eq!(kind, Injection::Completed);
     assert!(warnings.is_empty(), "{warnings:?}");
+    let patch = patch.operations().unwrap();
     assert!(patch.iter().all(|op| matches!(op, PatchOperation::Add(_))));
     let paths: Vec<String> = patch
         .iter()

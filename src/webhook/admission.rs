@@ -284,29 +284,27 @@ fn respond(
             warnings,
             binding,
             kind,
-        } => match allow.clone().with_patch(patch) {
-            Ok(mut resp) => {
-                // Debug, not info: the normal outcome of every annotated pod's creation, and
-                // formatting and writing the line was a twentieth of the webhook's CPU per
-                // review. credvend_admissions_total counts injections; denials stay at info.
-                tracing::debug!(
-                    namespace,
-                    pod,
-                    binding,
-                    warnings = warnings.len(),
-                    result = kind.metric_label(),
-                    "agent injected"
-                );
-                if !warnings.is_empty() {
-                    resp.warnings = Some(warnings);
-                }
-                (resp, outcome(kind.metric_label(), kind.metric_label()))
+        } => {
+            // The patch's type is JSONPatch, the only one admission.k8s.io/v1 has, which
+            // `wire` writes beside any patch.
+            let mut resp = allow;
+            resp.patch = Some(patch.into_bytes());
+            // Debug, not info: the normal outcome of every annotated pod's creation, and
+            // formatting and writing the line was a twentieth of the webhook's CPU per
+            // review. credvend_admissions_total counts injections; denials stay at info.
+            tracing::debug!(
+                namespace,
+                pod,
+                binding,
+                warnings = warnings.len(),
+                result = kind.metric_label(),
+                "agent injected"
+            );
+            if !warnings.is_empty() {
+                resp.warnings = Some(warnings);
             }
-            Err(err) => {
-                let msg = format!("credvend cannot encode its patch: {err}");
-                (allow.deny(msg), outcome("error", "patch_encoding"))
-            }
-        },
+            (resp, outcome(kind.metric_label(), kind.metric_label()))
+        }
     }
 }
 

@@ -54,8 +54,8 @@ pub fn encode(response: &AdmissionResponse) -> Result<Vec<u8>, serde_json::Error
                 uid: &response.uid,
                 allowed: response.allowed,
                 status: &response.result,
-                // `with_patch` is the only way a patch gets in, and it always means JSONPatch
-                // (the only type admission.k8s.io/v1 has).
+                // A patch is always a JSONPatch (the only type admission.k8s.io/v1 has),
+                // whether kube-core's `with_patch` or the webhook put it in.
                 patch_type: patch.as_ref().map(|_| "JSONPatch"),
                 patch,
                 audit_annotations: &response.audit_annotations,

@@ -269,9 +269,14 @@ fn unique_ports<'a>(containers: impl Iterator<Item = &'a mut Value>) {
 
 /// Applies an injection's patch to `pod` and checks what the webhook promises of it: only
 /// `add`s, every field the user wrote still in place, no user env var overridden, a valid Pod,
-/// and reinjecting the result changes nothing. Returns the patched pod.
-pub fn check_injection(pod: &Value, patch: &json_patch::Patch) -> Value {
-    let ops = serde_json::to_value(patch).unwrap();
+/// and reinjecting the result changes nothing. The patch is read from its bytes, as the API
+/// server reads it. Returns the patched pod.
+pub fn check_injection(pod: &Value, document: &credvend::inject::PatchDocument) -> Value {
+    let ops: Value = serde_json::from_slice(document.as_bytes())
+        .unwrap_or_else(|e| panic!("the patch is not JSON: {e}\n{document:?}"));
+    let patch = &document
+        .operations()
+        .unwrap_or_else(|e| panic!("the patch is not a JSON Patch: {e}\n{ops}"));
     assert!(
         ops.as_array().unwrap().iter().all(|op| op["op"] == "add"),
         "only adds: {ops}"
