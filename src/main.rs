@@ -45,7 +45,11 @@ const AGENT_BLOCKING_THREADS: usize = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for the whole process (kube, the AWS SDK and the webhook use rustls).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Not in the agent, which serves plain HTTP on loopback and leaves TLS to its exchange
+    // processes: initialising the crypto library would page its code into every pod's agent.
+    if !matches!(cli.command, Command::Agent(_)) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
     match cli.command {
         Command::Agent(args) => {
             credvend::telemetry::init(args.log_format);
