@@ -53,29 +53,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => {
             credvend::telemetry::init(args.log_format);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .max_blocking_threads(AGENT_BLOCKING_THREADS)
-                .build();
-            let result = match runtime {
-                Ok(rt) => rt.block_on(credvend::agent::run(*args)).map_err(Into::into),
-                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
-            };
-            exit("agent", result)
+            exit("agent", on_agent_runtime(credvend::agent::run(*args)))
         }
         Command::AgentExchange(args) => {
             credvend::telemetry::init(args.log_format);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .max_blocking_threads(AGENT_BLOCKING_THREADS)
-                .build();
-            let result = match runtime {
-                Ok(rt) => rt
-                    .block_on(credvend::agent::exchange_child::run())
-                    .map_err(Into::into),
-                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error>),
-            };
-            exit("agent-exchange", result)
+            exit(
+                "agent-exchange",
+                on_agent_runtime(credvend::agent::exchange_child::run()),
+            )
         }
         Command::Operator(args) => {
             credvend::telemetry::init(args.log_format);
@@ -119,6 +104,20 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Runs `work` on the agent's runtime: one thread, and a few for blocking work.
+fn on_agent_runtime<E>(
+    work: impl Future<Output = Result<(), E>>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    E: std::error::Error + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(AGENT_BLOCKING_THREADS)
+        .build()?;
+    runtime.block_on(work).map_err(Into::into)
 }
 
 fn exit(command: &str, result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {

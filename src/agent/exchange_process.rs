@@ -204,6 +204,11 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// What the agent makes of a child running `script` (given ten seconds).
+    async fn failure_of(script: &str) -> ProcessError {
+        shell(script, 10 * SECOND).run(b"{}").await.unwrap_err()
+    }
+
     #[tokio::test]
     async fn the_answer_on_stdout_is_read_and_the_job_reaches_stdin() {
         // The child echoes a field of its job back in the answer, proving it was handed over.
@@ -224,10 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_exit_is_reported_with_its_status_even_after_output() {
-        let err = shell("cat >/dev/null; echo '{}'; exit 3", 10 * SECOND)
-            .run(b"{}")
-            .await
-            .unwrap_err();
+        let err = failure_of("cat >/dev/null; echo '{}'; exit 3").await;
         assert!(matches!(err, ProcessError::Exited(_)), "{err:?}");
         assert!(err.to_string().contains("exit status: 3"), "{err}");
         assert_eq!(err.code(), StsErrorCode::ExchangeProcessFailed);
@@ -235,32 +237,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_child_killed_by_a_signal_is_named_so() {
-        let err = shell("kill -9 $$", 10 * SECOND)
-            .run(b"{}")
-            .await
-            .unwrap_err();
+        let err = failure_of("kill -9 $$").await;
         assert!(err.to_string().contains("SIGKILL"), "{err}");
     }
 
     #[tokio::test]
     async fn nonsense_on_stdout_is_unreadable_and_not_quoted() {
-        let err = shell(
-            "cat >/dev/null; echo 'AKIA-secret-looking text'",
-            10 * SECOND,
-        )
-        .run(b"{}")
-        .await
-        .unwrap_err();
+        let err = failure_of("cat >/dev/null; echo 'AKIA-secret-looking text'").await;
         assert!(matches!(err, ProcessError::Unreadable(_)), "{err:?}");
         assert!(!err.to_string().contains("secret-looking"), "{err}");
     }
 
     #[tokio::test]
     async fn an_endless_answer_is_cut_off() {
-        let err = shell("cat >/dev/null; yes", 10 * SECOND)
-            .run(b"{}")
-            .await
-            .unwrap_err();
+        let err = failure_of("cat >/dev/null; yes").await;
         // `yes` dies of SIGPIPE once the agent stops reading, or its output is too long.
         assert!(
             matches!(err, ProcessError::Exited(_) | ProcessError::TooLarge),
