@@ -58,8 +58,8 @@ impl BodyError {
     }
 }
 
-/// The port's body budget.
-#[derive(Debug)]
+/// The port's body budget; clones share it.
+#[derive(Clone, Debug)]
 pub struct Budget {
     limits: BodyLimits,
     pool: Arc<Pool>,

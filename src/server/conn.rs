@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::future::Either;
 use http::{Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -140,7 +141,12 @@ where
         let (port, slot) = (port.clone(), slot.clone());
         hyper::service::service_fn(move |req| {
             let (port, slot) = (port.clone(), slot.clone());
-            async move { Ok::<_, Infallible>(respond(&port, &slot, req).await) }
+            let answer = answer(&port, &slot, req);
+            async move {
+                let mut resp = answer.await;
+                finish(&port, &slot, &mut resp);
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -154,54 +160,79 @@ where
     }
 }
 
-/// One request: its body read within bounds, the handler, and the phase kept current.
-async fn respond<S, Fut>(
-    port: &Shared<S>,
-    slot: &Slot,
+/// One request's answer. A port without a body budget answers from the head, and its handler
+/// is called here, before hyper polls the answer: hyper reads ahead on a keep-alive connection
+/// while an answer is pending, and a request still alive then (its head's bytes are slices of
+/// the connection's read buffer) makes that read allocate a new buffer, once per request.
+fn answer<S, Fut>(
+    port: &Arc<Shared<S>>,
+    slot: &Arc<Slot>,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>>
+) -> Either<Fut, impl Future<Output = Response<Full<Bytes>>> + use<S, Fut>>
 where
     S: Fn(Request<Bytes>) -> Fut,
     Fut: Future<Output = Response<Full<Bytes>>>,
 {
     let (parts, body) = req.into_parts();
-    let mut resp = match &port.budget {
+    match &port.budget {
         None => {
             // This port's handlers answer from the head; hyper discards any body.
             drop(body);
             slot.enter(Phase::Handler);
-            (port.service)(Request::from_parts(parts, Bytes::new())).await
+            Either::Left((port.service)(Request::from_parts(parts, Bytes::new())))
         }
-        Some(budget) => {
-            slot.enter(Phase::Body);
-            let declared = hyper::body::Body::size_hint(&body).exact();
-            match budget.read(body, declared, &port.table, slot).await {
-                Ok((bytes, held)) => {
-                    slot.enter(Phase::Handler);
-                    let resp = (port.service)(Request::from_parts(parts, bytes)).await;
-                    drop(held);
-                    resp
-                }
-                Err(err) => {
-                    port.metrics
-                        .bodies_refused
-                        .with_label_values(&[port.name, err.label()])
-                        .inc();
-                    tracing::debug!(listener = port.name, error = %err, "request body refused");
-                    let mut resp = super::text(err.status(), err.to_string());
-                    close(&mut resp);
-                    resp
-                }
-            }
+        Some(budget) => Either::Right(with_body(
+            port.clone(),
+            slot.clone(),
+            budget.clone(),
+            parts,
+            body,
+        )),
+    }
+}
+
+/// A request whose body is read within the port's budget before the handler sees it.
+async fn with_body<S, Fut>(
+    port: Arc<Shared<S>>,
+    slot: Arc<Slot>,
+    budget: Budget,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Response<Full<Bytes>>
+where
+    S: Fn(Request<Bytes>) -> Fut,
+    Fut: Future<Output = Response<Full<Bytes>>>,
+{
+    slot.enter(Phase::Body);
+    let declared = hyper::body::Body::size_hint(&body).exact();
+    match budget.read(body, declared, &port.table, &slot).await {
+        Ok((bytes, held)) => {
+            slot.enter(Phase::Handler);
+            let resp = (port.service)(Request::from_parts(parts, bytes)).await;
+            drop(held);
+            resp
         }
-    };
+        Err(err) => {
+            port.metrics
+                .bodies_refused
+                .with_label_values(&[port.name, err.label()])
+                .inc();
+            tracing::debug!(listener = port.name, error = %err, "request body refused");
+            let mut resp = super::text(err.status(), err.to_string());
+            close(&mut resp);
+            resp
+        }
+    }
+}
+
+/// After the handler: retire the connection when shutting down, and mark it idle.
+fn finish<S>(port: &Shared<S>, slot: &Slot, resp: &mut Response<Full<Bytes>>) {
     if port.leaving.is_set() {
         // Shutting down: a pooled connection is retired by an answer, never closed under a
         // client that may be sending on it.
-        close(&mut resp);
+        close(resp);
     }
     slot.enter(Phase::Idle);
-    resp
 }
 
 fn close(resp: &mut Response<Full<Bytes>>) {
