@@ -635,36 +635,12 @@ async fn uninstall(client: &Client, installed: &Installed) {
         .unwrap();
 }
 
-/// Limits the operator's webhook to namespace `ns`: the tests of this file run operators side
-/// by side on one control plane, and each must see only its own pods (one of them is being
-/// stopped, another flooded).
-async fn scope_webhook(client: &Client, installed: &Installed, ns: &str) {
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    http::eventually("the webhook configuration scoped", READY, || async {
-        let mut mwc = api.get(&installed.webhook_config).await.ok()?;
-        for hook in mwc.webhooks.iter_mut().flatten() {
-            hook.namespace_selector = Some(
-                serde_json::from_value(serde_json::json!({
-                    "matchLabels": {"kubernetes.io/metadata.name": ns}
-                }))
-                .ok()?,
-            );
-        }
-        // A conflict with the operator's own caBundle patch is retried.
-        api.replace(&installed.webhook_config, &PostParams::default(), &mwc)
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-}
-
 /// A namespace with a binding for service account `app`, where annotated pods are injected
 /// by `installed` only.
 async fn team(client: &Client, sts: &StsPeer, installed: &Installed) -> Api<Pod> {
     let ns = k8s::unique_name("team");
     k8s::create_namespace(client, &ns).await.unwrap();
-    scope_webhook(client, installed, &ns).await;
+    installed.admit_namespace(client, &ns).await;
     k8s::create_service_account(client, &ns, "app")
         .await
         .unwrap();
@@ -702,7 +678,17 @@ async fn operator_answers_admissions_while_thousands_of_slow_connections_are_hel
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sts = StsPeer::start();
-    let installed = op::install(cp, &client, dir.path(), sts.endpoint()).await;
+    let installed = op::install_with(
+        cp,
+        &client,
+        dir.path(),
+        &op::InstallOptions {
+            sts_endpoints: &[sts.endpoint()],
+            isolated: true,
+            ..op::InstallOptions::default()
+        },
+    )
+    .await;
     let pods = team(&client, &sts, &installed).await;
     op::create_injected(
         &pods,
@@ -826,9 +812,18 @@ async fn operator_memory_stays_bounded_under_concurrent_large_and_slow_bodies() 
     let cp = k8s::shared().await.unwrap();
     let client = cp.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let installed = op::install_with(cp, &client, dir.path(), &op::InstallOptions::default()).await;
-    // Its reviews come from this test alone, never from the API server.
-    scope_webhook(&client, &installed, &k8s::unique_name("nowhere")).await;
+    // Isolated, and no namespace admitted: its reviews come from this test alone, never from
+    // the API server.
+    let installed = op::install_with(
+        cp,
+        &client,
+        dir.path(),
+        &op::InstallOptions {
+            isolated: true,
+            ..op::InstallOptions::default()
+        },
+    )
+    .await;
     let tls = webhook_tls(&client, &installed).await;
     let pid = installed.operator.pid();
     let port = installed.webhook_port;
@@ -930,6 +925,7 @@ async fn operator_shutdown_stops_being_ready_keeps_answering_then_drains_in_flig
         &op::InstallOptions {
             sts_endpoints: &[sts.endpoint()],
             values: &[("operator.shutdownDelaySeconds", "2")],
+            isolated: true,
             ..op::InstallOptions::default()
         },
     )
