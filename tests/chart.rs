@@ -944,9 +944,7 @@ async fn only_annotated_pods_outside_excluded_namespaces_reach_the_webhook() -> 
     k8s::create_service_account(&client, "kube-system", "default").await?;
 
     // A port nothing listens on: calling the webhook fails at once with "connection refused".
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = support::ports::free_port();
     let url = format!("webhook.url=https://127.0.0.1:{port}/mutate");
     let rendered = render(&k8s::unique_name("cv"), &release_namespace, &[&url]);
     apply_all(&client, &rendered.docs).await?;

@@ -304,11 +304,8 @@ async fn slow_answers(ctx: &Ctx, sdk: Sdk) -> Cell {
 }
 
 async fn closed_port(ctx: &Ctx, sdk: Sdk) -> Cell {
-    // Bind and drop: the port was free a moment ago and nothing listens on it now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    // Nothing listens on it, and no outgoing connection takes it meanwhile.
+    let port = crate::support::ports::free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let run = ctx
         .run(

@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::http;
+pub use super::ports::free_port;
 
 /// The role every agent test assumes unless told otherwise.
 pub const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/s3-reader";
@@ -31,15 +32,6 @@ pub fn fake_jwt(expires_in: Duration) -> String {
         URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"test"}"#),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     )
-}
-
-/// A free port on 127.0.0.1 (released before use; good enough for tests on one machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// How to start an agent.

@@ -21,7 +21,6 @@
 
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -159,7 +158,7 @@ impl ControlPlane {
         let root = dir.path().to_owned();
         let mut processes = Processes::new(dir, options.before_reap.as_deref())?;
 
-        let [etcd_client, etcd_peer, apiserver_port] = free_ports()?;
+        let [etcd_client, etcd_peer, apiserver_port] = super::ports::free_ports();
         let address = options
             .address
             .map_or_else(|| "127.0.0.1".to_owned(), |a| a.to_string());
@@ -558,21 +557,6 @@ async fn build_binaries(
             script.display()
         ),
     }
-}
-
-/// Reserves ports by binding to port 0 and releasing them. Another process could take one in
-/// the short window before etcd or kube-apiserver binds it; the kernel hands out ephemeral ports
-/// in rotation, so that is rare, and it would show as a start failure, not a wrong result.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free loopback ports")?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
 }
 
 /// The certificates and keys of one control plane, all made in memory for this run. The CA

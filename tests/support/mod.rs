@@ -11,6 +11,7 @@ pub mod manifests;
 pub mod node;
 pub mod operator;
 pub mod pods;
+pub mod ports;
 pub mod python;
 pub mod release;
 pub mod sts;

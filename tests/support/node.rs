@@ -398,7 +398,7 @@ impl Node {
             cp.issue_certificate("credvend-test-controllers", &["system:masters"], &[])?;
         cp.write_kubeconfig(&dir.join("controllers.kubeconfig"), &cert, &key)?;
         let ca = cp_dir.join("ca.crt");
-        let [kubelet_port, healthz_port] = free_ports()?;
+        let [kubelet_port, healthz_port] = super::ports::free_ports();
         fs::write(
             dir.join("kubelet.yaml"),
             kubelet_config(
@@ -733,17 +733,6 @@ fn cgroup_hierarchies() -> anyhow::Result<Vec<PathBuf>> {
                 .then(|| PathBuf::from(fields[4]))
         })
         .collect())
-}
-
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
 }
 
 /// Bridge CNI on the node's own bridge: not the pods' gateway, no masquerading, addresses
