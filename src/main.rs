@@ -26,7 +26,7 @@ enum Command {
     /// Run the per-pod credential agent (the injected sidecar).
     Agent(Box<credvend::agent::Args>),
     /// One refresh's STS calls, in a child process of the agent (which runs it; not by hand).
-    #[command(name = "agent-exchange", hide = true)]
+    #[command(name = credvend::agent::exchange_process::SUBCOMMAND, hide = true)]
     AgentExchange(credvend::agent::exchange_child::ExchangeArgs),
     /// Run the operator: the AWSRoleBinding controller and the mutating webhook.
     Operator(Box<credvend::operator::OperatorArgs>),
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Command::AgentExchange(args) => {
             credvend::telemetry::init(args.log_format);
             exit(
-                "agent-exchange",
+                credvend::agent::exchange_process::SUBCOMMAND,
                 on_agent_runtime(credvend::agent::exchange_child::run()),
             )
         }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use clap::ValueEnum;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -49,10 +50,12 @@ impl Program {
     /// This very binary's exchange subcommand, logging as the agent does, with time for
     /// `calls` STS calls.
     pub fn this_binary(log_format: LogFormat, calls: usize) -> std::io::Result<Program> {
-        let format = match log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        };
+        // The flag's value as clap spells it, so a renamed variant cannot drift from the
+        // parser the child runs.
+        let format = log_format
+            .to_possible_value()
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default();
         Ok(Program {
             path: std::env::current_exe()?,
             args: vec![SUBCOMMAND.into(), "--log-format".into(), format.into()],
@@ -283,5 +286,27 @@ mod tests {
     fn each_call_of_a_chain_gets_its_own_timeout() {
         assert_eq!(timeout_for(0), OPERATION_TIMEOUT + START_ALLOWANCE);
         assert_eq!(timeout_for(3), OPERATION_TIMEOUT * 3 + START_ALLOWANCE);
+    }
+
+    #[test]
+    fn the_child_parses_the_arguments_the_agent_gives_it() {
+        /// The child's command line as `main` parses it.
+        #[derive(clap::Parser)]
+        struct Child {
+            #[command(subcommand)]
+            command: Sub,
+        }
+        #[derive(clap::Subcommand)]
+        enum Sub {
+            #[command(name = SUBCOMMAND)]
+            Exchange(crate::agent::exchange_child::ExchangeArgs),
+        }
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let program = Program::this_binary(format, 1).unwrap();
+            let argv = std::iter::once("credvend".into()).chain(program.args);
+            let parsed = <Child as clap::Parser>::try_parse_from(argv).unwrap();
+            let Sub::Exchange(args) = parsed.command;
+            assert_eq!(args.log_format, format);
+        }
     }
 }
