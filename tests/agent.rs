@@ -757,6 +757,43 @@ async fn the_agent_runs_a_handful_of_threads_whatever_the_node_size() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn once_serving_the_agent_gives_back_its_start_up_pages_and_serves_the_same() {
+    let sts = StsPeer::start();
+    let agent = ready_agent(&sts).await;
+    // The log line of the pass that followed the first refresh (README: "Memory").
+    let given_back_kib = eventually("the pass after the first refresh", READY, || async {
+        agent.log().lines().find_map(|line| {
+            line.contains("gave back the pages of start-up")
+                .then(|| {
+                    line.split("resident_kib=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .flatten()
+        })
+    })
+    .await;
+    let first = agent.fetch().await;
+    assert_eq!(first.status, 200);
+    for _ in 0..50 {
+        let again = agent.fetch().await;
+        assert_eq!((again.status, &again.body), (200, &first.body));
+    }
+    let file_kib = agent.proc_status("RssFile");
+    eprintln!(
+        "gave back {given_back_kib} KiB of file pages; RssFile after 51 requests {file_kib} KiB"
+    );
+    // Serving brings back far less than start-up had mapped: that is the point of the pass.
+    assert!(
+        file_kib < given_back_kib,
+        "RssFile {file_kib} KiB after serving, {given_back_kib} KiB given back"
+    );
+}
+
 // ----- session policies, chains, several bindings, session names -----------------------------
 
 const CROSS_A: &str = "arn:aws:iam::444455556666:role/cross-a";

@@ -16,7 +16,7 @@
 //! `schedule` (when to renew, pure), `refresh` (the
 //! loop), `cache` (what is served), `persist` (its copy for restarts), `credentials` (the
 //! served document), `endpoint` (request → response, pure), `handlers` (the two listeners),
-//! `metrics`. Serving itself is the crate's shared [`server`](crate::server).
+//! `metrics`, `resident` (giving back the pages of start-up). Serving itself is the crate's shared [`server`](crate::server).
 
 pub mod args;
 pub mod auth;
@@ -32,6 +32,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod persist;
 pub mod refresh;
+pub mod resident;
 pub mod schedule;
 pub mod sts;
 pub mod token;
@@ -39,7 +40,7 @@ pub mod token;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use self::cache::{Cached, Caches, CredentialCache};
 use self::config::{AgentConfig, BindingConfig, ConfigError};
@@ -86,6 +87,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     tracing::debug!(auth_token = ?auth, "endpoint authorization token ready");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let refreshed = Arc::new(Notify::new());
     let mut entries = Vec::with_capacity(cfg.bindings.len());
     let mut tasks = Vec::with_capacity(cfg.bindings.len() + 2);
     for binding in cfg.bindings {
@@ -124,11 +126,17 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             store,
             unit: refresh::os_unit,
             served_call,
+            refreshed: refreshed.clone(),
         };
         tasks.push(tokio::spawn(refresher.run(first_refresh, stop_rx.clone())));
         entries.push((binding.name, cache));
     }
     let caches = Arc::new(Caches::new(entries).ok_or(ConfigError::NoBinding)?);
+    tasks.push(tokio::spawn(give_back_start_up_pages(
+        refreshed,
+        caches.clone(),
+        stop_rx.clone(),
+    )));
     let server_metrics = crate::server::ServerMetrics::register(&metrics.registry)?;
     tasks.push(tokio::spawn(handlers::serve_sync(
         creds_listener,
@@ -164,6 +172,30 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Whenever every binding has credentials (at start, when restored from the cache files, and
+/// after each successful refresh), gives back the pages of start-up: see [`resident`].
+async fn give_back_start_up_pages(
+    refreshed: Arc<Notify>,
+    caches: Arc<Caches>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if caches.unavailable_at(SystemTime::now()).is_empty() {
+            let shed = resident::shed();
+            tracing::debug!(
+                mappings = shed.mappings,
+                resident_kib = shed.resident_kib,
+                refused = shed.refused,
+                "gave back the pages of start-up"
+            );
+        }
+        tokio::select! {
+            () = refreshed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// One line per binding: what it asks STS for, without anything secret.

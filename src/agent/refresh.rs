@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::cache::{Cached, CredentialCache};
 use super::credentials::format_expiration;
@@ -58,6 +58,9 @@ pub struct Refresher<E> {
     pub unit: JitterSource,
     /// The call whose credentials are served, named when they arrive expired.
     pub served_call: Call,
+    /// Woken after each successful refresh: the agent then gives back the pages of start-up
+    /// ([`resident`](super::resident)).
+    pub refreshed: Arc<Notify>,
 }
 
 impl<E: Exchange> Refresher<E> {
@@ -153,6 +156,7 @@ impl<E: Exchange> Refresher<E> {
                 // level and check that no part of a credential reaches the log this way.
                 tracing::debug!(credentials = ?ex.credentials, "new credentials");
                 self.cache.store(Cached::new(&ex.credentials));
+                self.refreshed.notify_one();
                 if let Some(store) = &self.store
                     && let Err(err) = store.save(&ex.credentials, now)
                 {
@@ -286,6 +290,7 @@ mod tests {
             store: None,
             unit: || 0.5,
             served_call: call(),
+            refreshed: Arc::default(),
         }
     }
 
@@ -436,6 +441,7 @@ mod tests {
             store: None,
             unit: || 0.5,
             served_call: call(),
+            refreshed: Arc::default(),
         };
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(r.run(Duration::ZERO, rx));
@@ -446,6 +452,28 @@ mod tests {
         task.await.unwrap();
         // With the clock paused, any wait on a timer would show as elapsed time.
         assert_eq!(tokio::time::Instant::now(), asked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_wakes_whoever_waits_for_refreshes_and_a_failure_does_not() {
+        let script = Script::new(vec![Err(StsErrorCode::Throttling), Ok(HOUR)]);
+        let r = refresher(&script);
+        let refreshed = r.refreshed.clone();
+        let cache = r.cache.clone();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(r.run(Duration::ZERO, rx));
+        refreshed.notified().await;
+        assert_eq!(
+            script.calls.lock().unwrap().len(),
+            2,
+            "woken by the second call only"
+        );
+        assert!(
+            cache.valid_at(SystemTime::now()).is_some(),
+            "after the cache was filled"
+        );
+        tx.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
