@@ -11,9 +11,10 @@ binding, answer the kubelet's probes and a Prometheus scrape, then start a secon
 the cache file the first run left, and a third time configured by flags as a person runs it.
 callgrind follows the agent into the child processes that run its STS calls
 (`agent-exchange`). The functions of BINARY that ran, in the order callgrind first listed
-them, are the ordering file (one mangled symbol per line): first those of the long-running
-agent, so that what it keeps resident between refreshes sits together, then those that only
-its exchange processes ran.
+them, are the ordering file (one mangled symbol per line). First come those the agent ran
+while serving (after `callgrind_control` dumped its start-up, which ends when the agent gives
+its start-up pages back), so that what a serving agent faults in again sits together; then
+those of its start-up; then those only its exchange processes ran.
 """
 
 import datetime
@@ -149,6 +150,11 @@ def run_agent(binary, d, endpoint, bundle, out, by_hand=False):
         time.sleep(0.3)
     else:
         sys.exit(f"the agent never served credentials; see {d}/agent.log")
+    # All that ran so far is start-up, up to the pass that gives its pages back after the
+    # first refresh; what runs from here on is what a serving agent keeps resident.
+    time.sleep(1)
+    subprocess.run(["callgrind_control", "--dump=start-up", str(agent.pid)], check=True,
+                   stdout=subprocess.DEVNULL)
     token = open(auth).read().strip()
     paths = ("", "") if by_hand else ("", "/app", "/cross", "", "/nope")
     statuses = [get(base + p, token) for p in paths]
@@ -161,11 +167,15 @@ def run_agent(binary, d, endpoint, bundle, out, by_hand=False):
     agent.send_signal(signal.SIGTERM)
     if agent.wait(timeout=120) != 0:
         sys.exit(f"the agent did not stop cleanly; see {d}/agent.log")
-    # valgrind runs the agent in its own process, so the agent's pid names its output.
+    # valgrind runs the agent in its own process, so the agent's pid names its output: its
+    # start-up dump is numbered 1, and what ran after it is written unnumbered at exit.
     parent = f"{out}.{agent.pid}"
-    children = sorted(glob.glob(f"{out}.*"))
-    children.remove(parent)
-    return parent, children
+    start_up, serving = f"{parent}.1", parent
+    for part in (start_up, serving):
+        if not os.path.exists(part):
+            sys.exit(f"callgrind wrote no {part}: {sorted(glob.glob(parent + '*'))}")
+    children = sorted(set(glob.glob(f"{out}.*")) - set(glob.glob(f"{parent}*")))
+    return serving, start_up, children
 
 
 def functions(binary, outs):
@@ -217,18 +227,22 @@ def main():
             lines = [peer.stdout.readline().strip() for _ in range(2)]
             endpoint = next(l.split()[1] for l in lines if l.startswith("tls "))
             runs = [os.path.join(d, f"callgrind.{n}") for n in ("first", "restart", "flags")]
-            agents, exchanges = [], []
+            serving, start_up, exchanges = [], [], []
             for i, out in enumerate(runs):
                 if i == 2:
                     log = open(os.path.join(d, "agent.log")).read()
                     if "serving the credentials a previous run" not in log:
                         sys.exit("the second start did not restore the cache file")
-                parent, children = run_agent(binary, d, endpoint, bundle, out, by_hand=i == 2)
-                agents.append(parent)
+                served, started, children = run_agent(binary, d, endpoint, bundle, out, by_hand=i == 2)
+                serving.append(served)
+                start_up.append(started)
                 exchanges += children
             if not exchanges:
                 sys.exit("callgrind saw no exchange process")
-            order = functions(binary, agents + exchanges)
+            order = functions(binary, serving + start_up + exchanges)
+            parts = len(functions(binary, serving)), len(functions(binary, serving + start_up))
+            print(f"{parts[0]} functions serving, {parts[1] - parts[0]} more at start-up, "
+                  f"{len(order) - parts[1]} more in the exchange processes", file=sys.stderr)
         finally:
             peer.kill()
     with open(order_file, "w") as f:
