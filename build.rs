@@ -8,7 +8,8 @@
 //!
 //! - `--symbol-ordering-file=layout/agent.order` puts the functions the agent runs first and
 //!   next to each other, those of a serving agent ahead of those of its start-up, so a serving
-//!   agent touches a few contiguous pages of text once it has given back its start-up pages. The list is
+//!   agent touches a few contiguous pages of text once it has given back its start-up pages.
+//!   The list is
 //!   recorded from a run of the release agent itself by `scripts/agent-layout.sh` (which says
 //!   when to re-record it); names it no longer finds are skipped silently, so a stale list
 //!   costs memory, never a build.

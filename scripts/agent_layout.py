@@ -178,10 +178,11 @@ def run_agent(binary, d, endpoint, bundle, out, by_hand=False):
     return serving, start_up, children
 
 
-def functions(binary, outs):
-    """Mangled names of BINARY's functions in callgrind outputs, first seen first."""
+def functions(binary, outs, seen):
+    """Mangled names of BINARY's functions in callgrind outputs, first seen first, leaving out
+    (and adding to) those in `seen`."""
     name = os.path.basename(binary)
-    seen, order = set(), []
+    order = []
     for out in outs:
         objects, names, current, called = {}, {}, None, None
         for line in open(out, errors="replace"):
@@ -239,10 +240,11 @@ def main():
                 exchanges += children
             if not exchanges:
                 sys.exit("callgrind saw no exchange process")
-            order = functions(binary, serving + start_up + exchanges)
-            parts = len(functions(binary, serving)), len(functions(binary, serving + start_up))
-            print(f"{parts[0]} functions serving, {parts[1] - parts[0]} more at start-up, "
-                  f"{len(order) - parts[1]} more in the exchange processes", file=sys.stderr)
+            seen = set()
+            parts = [functions(binary, outs, seen) for outs in (serving, start_up, exchanges)]
+            order = [fn for part in parts for fn in part]
+            print(f"{len(parts[0])} functions serving, {len(parts[1])} more at start-up, "
+                  f"{len(parts[2])} more in the exchange processes", file=sys.stderr)
         finally:
             peer.kill()
     with open(order_file, "w") as f:

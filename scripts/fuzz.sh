@@ -23,9 +23,9 @@ cargo_fuzz="$("$here/cargo-fuzz.sh")"
 target_dir="$CREDVEND_CACHE/fuzz-target"
 bin_dir="$target_dir/x86_64-unknown-linux-gnu/release"
 # Safe Rust only (the crate's one unsafe module, src/agent/resident.rs, is reachable from no
-# target), so no sanitizer: the targets' own
-# assertions and Rust's overflow checks (on in fuzz builds) are the oracles. Without a
-# sanitizer every flag cargo-fuzz passes is a stable one, so the stable toolchain builds it.
+# target), so no sanitizer: the targets' own assertions and Rust's overflow checks (on in fuzz
+# builds) are the oracles. Without a sanitizer every flag cargo-fuzz passes is a stable one, so
+# the stable toolchain builds it.
 (cd "$repo" && "$cargo_fuzz" fuzz build --sanitizer none --codegen-units 16 \
   --target-dir "$target_dir") </dev/null >&2
 

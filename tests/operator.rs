@@ -739,7 +739,7 @@ async fn containers_a_later_webhook_adds_get_credentials_and_no_second_agent() {
     let annotations = serde_json::json!({
         "credvend.io/inject": "true",
         "mesh.example/inject": "true",
-        "credvend.io/port": support::agent::free_port().to_string(),
+        "credvend.io/port": support::ports::free_port().to_string(),
     });
     let wanted = pod("web-0", "app", annotations, serde_json::json!({}));
     // Dry runs until both webhooks are in force, then for real.

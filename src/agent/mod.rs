@@ -16,7 +16,8 @@
 //! `schedule` (when to renew, pure), `refresh` (the
 //! loop), `cache` (what is served), `persist` (its copy for restarts), `credentials` (the
 //! served document), `endpoint` (request → response, pure), `handlers` (the two listeners),
-//! `metrics`, `resident` (giving back the pages of start-up). Serving itself is the crate's shared [`server`](crate::server).
+//! `metrics`, `resident` (giving back the pages of start-up). Serving itself is the crate's
+//! shared [`server`](crate::server).
 
 pub mod args;
 pub mod auth;

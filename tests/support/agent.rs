@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::http;
-pub use super::ports::free_port;
+use super::ports::free_port;
 
 /// The role every agent test assumes unless told otherwise.
 pub const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/s3-reader";

@@ -15,10 +15,10 @@ use kube::{Client, ResourceExt};
 
 use credvend::crd::AWSRoleBinding;
 
-use super::agent::free_port;
 use super::http::{self, eventually};
 use super::k8s::{self, ControlPlane};
 use super::manifests::{apply_all, render_chart};
+use super::ports::free_port;
 use super::python::app_python;
 
 pub const WAIT: Duration = Duration::from_secs(60);

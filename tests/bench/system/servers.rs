@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::agent::free_port;
+use crate::support::ports::free_port;
 
 /// Where the binaries are.
 pub struct Binaries {
