@@ -15,24 +15,13 @@ use kube::core::Status;
 use kube::core::admission::AdmissionResponse;
 use serde::Serialize;
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Review<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    response: Response<'a>,
-}
-
+/// Everything of the response but the patch, which [`encode`] writes itself.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Response<'a> {
     uid: &'a str,
     allowed: bool,
     status: &'a Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "HashMap::is_empty")]
     audit_annotations: &'a HashMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,29 +29,50 @@ struct Response<'a> {
 }
 
 /// The review that answers with `response`, as JSON.
+///
+/// The base64 of the patch is written straight into the answer: it is most of the answer's
+/// bytes, its alphabet needs no JSON escaping, and handing it to serde as a string cost an
+/// allocation, a zeroed copy and an escaping pass over every byte (a quarter of an injection's
+/// review in instruction counts).
 pub fn encode(response: &AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
-    let patch = response.patch.as_deref().map(|p| STANDARD.encode(p));
+    let patch = response.patch.as_deref();
+    let patch_len = patch.map_or(0, |p| base64::encoded_len(p.len(), true).unwrap_or(0));
     // Sized once for the patch and the few fields around it, instead of doubling from 128
     // bytes through every size up to the answer's.
-    let mut out = Vec::with_capacity(512 + patch.as_ref().map_or(0, String::len));
+    let mut out = Vec::with_capacity(512 + patch_len);
+    out.extend_from_slice(br#"{"apiVersion":"#);
+    serde_json::to_writer(&mut out, &response.types.api_version)?;
+    out.extend_from_slice(br#","kind":"#);
+    serde_json::to_writer(&mut out, &response.types.kind)?;
+    out.extend_from_slice(br#","response":"#);
     serde_json::to_writer(
         &mut out,
-        &Review {
-            api_version: &response.types.api_version,
-            kind: &response.types.kind,
-            response: Response {
-                uid: &response.uid,
-                allowed: response.allowed,
-                status: &response.result,
-                // A patch is always a JSONPatch (the only type admission.k8s.io/v1 has),
-                // whether kube-core's `with_patch` or the webhook put it in.
-                patch_type: patch.as_ref().map(|_| "JSONPatch"),
-                patch,
-                audit_annotations: &response.audit_annotations,
-                warnings: response.warnings.as_deref(),
-            },
+        &Response {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: &response.result,
+            audit_annotations: &response.audit_annotations,
+            warnings: response.warnings.as_deref(),
         },
     )?;
+    if let Some(patch) = patch {
+        // Reopens the response object the serializer closed, to add the patch.
+        out.pop();
+        out.extend_from_slice(br#","patch":""#);
+        let start = out.len();
+        out.resize(start + patch_len, 0);
+        STANDARD
+            .encode_slice(patch, &mut out[start..])
+            .map_err(|e| {
+                <serde_json::Error as serde::ser::Error>::custom(format!(
+                    "base64 of the patch: {e}"
+                ))
+            })?;
+        // A patch is always a JSONPatch (the only type admission.k8s.io/v1 has), whether
+        // kube-core's `with_patch` or the webhook put it in.
+        out.extend_from_slice(br#"","patchType":"JSONPatch"}"#);
+    }
+    out.push(b'}');
     Ok(out)
 }
 
@@ -114,9 +124,14 @@ mod tests {
             {"op": "add", "path": "/metadata/labels", "value": {"a": "b"}}
         ]))
         .unwrap();
-        let response = AdmissionResponse::from(&request())
+        let mut response = AdmissionResponse::from(&request())
             .with_patch(patch)
             .unwrap();
+        // The fields written after the patch's are kept too.
+        response.warnings = Some(vec!["careful".into()]);
+        response
+            .audit_annotations
+            .insert("credvend.io/binding".into(), "s3".into());
         let ours: Value = serde_json::from_slice(&encode(&response).unwrap()).unwrap();
         let theirs = kube_core(&response);
         let decoded = STANDARD
