@@ -17,6 +17,7 @@
 
 mod leader;
 mod metrics;
+mod namespaces;
 mod pods;
 mod reconcile;
 pub mod status;
@@ -24,6 +25,7 @@ mod stores;
 
 pub use leader::{LEASE_DURATION_SECONDS, LEASE_GRACE_SECONDS, campaign, run_when_leader};
 pub use metrics::ControllerMetrics;
+pub use namespaces::BindingsByNamespace;
 pub use pods::PodIndex;
 pub use reconcile::{Context, REQUEUE_AFTER, error_policy, reconcile};
 pub use stores::{Stores, Watches, watches};

@@ -1,8 +1,9 @@
 //! The two watches every replica runs, the caches they fill, and the streams through which
 //! their events reach the controller.
 //!
-//! One watch of bindings (all namespaces) fills a reflector store: the webhook reads it on
-//! every admission, and the same watch's events drive the controller, so one watch feeds both.
+//! One watch of bindings (all namespaces) fills a reflector store and, from it, the
+//! [`BindingsByNamespace`] index the webhook reads on every admission; the same watch's events
+//! drive the controller, so one watch feeds both.
 //! One metadata-only watch of the pods labelled `credvend.io/binding` keeps the [`PodIndex`]:
 //! the label is all the count needs. kube-runtime's `watcher` over `Api<PartialObjectMeta<Pod>>`
 //! is its metadata watch (it sends `Accept: …;as=PartialObjectMetadataList`, and the older
@@ -24,6 +25,8 @@
 //! the store, because a store's readiness future wakes only one waiter and the controller is
 //! already waiting on it.
 
+use std::sync::Arc;
+
 use futures::stream::BoxStream;
 use futures::{StreamExt as _, future};
 use k8s_openapi::api::core::v1::Pod;
@@ -33,6 +36,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
 
+use super::namespaces::BindingsByNamespace;
 use super::pods::PodIndex;
 use crate::crd::AWSRoleBinding;
 use crate::inject::LABEL_BINDING;
@@ -42,6 +46,8 @@ use crate::inject::LABEL_BINDING;
 pub struct Stores {
     /// Every `AWSRoleBinding` of the cluster.
     pub bindings: Store<AWSRoleBinding>,
+    /// The same bindings by namespace, for the webhook's lookup on every admission.
+    pub by_namespace: BindingsByNamespace,
     /// Pods per binding.
     pub pods: PodIndex,
     bindings_synced: watch::Receiver<bool>,
@@ -72,6 +78,7 @@ impl Stores {
         (
             Stores {
                 bindings,
+                by_namespace: BindingsByNamespace::default(),
                 pods,
                 bindings_synced: listed.clone(),
                 pods_synced: listed,
@@ -103,6 +110,8 @@ pub fn watches(client: Client) -> (Stores, Watches) {
     let (pods_synced_tx, pods_synced) = watch::channel(false);
 
     let store = bindings.clone();
+    let by_namespace = BindingsByNamespace::default();
+    let index = by_namespace.clone();
     let bindings_stream = watcher(
         Api::<AWSRoleBinding>::all(client.clone()),
         watcher::Config::default(),
@@ -113,6 +122,9 @@ pub fn watches(client: Client) -> (Stores, Watches) {
         // The store has applied the event already: it holds what the event left.
         let peers = match event {
             Ok(watcher::Event::InitDone) => {
+                // Indexed before the cache is declared listed, so no admission that waits
+                // for the list reads an empty index.
+                index.rebuild(&store);
                 bindings_synced_tx.send_replace(true);
                 all(&store)
             }
@@ -120,7 +132,15 @@ pub fn watches(client: Client) -> (Stores, Watches) {
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Vec::new(),
             Ok(event) => touched(&event)
                 .and_then(|binding| binding.namespace())
-                .map(|namespace| in_namespace(&store, &namespace))
+                .map(|namespace| {
+                    let peers = in_namespace(&store, &namespace);
+                    let refs = peers
+                        .iter()
+                        .map(|b| ObjectRef::from_obj(b.as_ref()))
+                        .collect();
+                    index.set(&namespace, peers);
+                    refs
+                })
                 .unwrap_or_default(),
             Err(error) => {
                 tracing::warn!(%error, "watching AWSRoleBindings");
@@ -132,8 +152,8 @@ pub fn watches(client: Client) -> (Stores, Watches) {
     .flatten()
     .boxed();
 
-    let index = PodIndex::default();
-    let pod_index = index.clone();
+    let pod_counts = PodIndex::default();
+    let pod_index = pod_counts.clone();
     let pods_stream = watcher(
         Api::<PartialObjectMeta<Pod>>::all(client),
         watcher::Config::default().labels(LABEL_BINDING),
@@ -161,7 +181,8 @@ pub fn watches(client: Client) -> (Stores, Watches) {
     (
         Stores {
             bindings,
-            pods: index,
+            by_namespace,
+            pods: pod_counts,
             bindings_synced,
             pods_synced,
         },
@@ -192,16 +213,13 @@ fn all(store: &Store<AWSRoleBinding>) -> Vec<ObjectRef<AWSRoleBinding>> {
         .collect()
 }
 
-/// Every cached binding of `namespace`.
-pub(super) fn in_namespace(
-    store: &Store<AWSRoleBinding>,
-    namespace: &str,
-) -> Vec<ObjectRef<AWSRoleBinding>> {
+/// Every cached binding of `namespace` (a scan of the store: once per binding event, never
+/// per admission).
+fn in_namespace(store: &Store<AWSRoleBinding>, namespace: &str) -> Vec<Arc<AWSRoleBinding>> {
     store
         .state()
-        .iter()
+        .into_iter()
         .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()
 }
 
@@ -271,6 +289,76 @@ mod tests {
         );
     }
 
+    fn response(body: serde_json::Value) -> http::Response<kube::client::Body> {
+        let bytes = match body {
+            // A watch answers with one event per line.
+            serde_json::Value::Array(events) => events
+                .iter()
+                .map(|e| format!("{e}\n"))
+                .collect::<String>()
+                .into_bytes(),
+            other => serde_json::to_vec(&other).unwrap(),
+        };
+        http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(kube::client::Body::from(bytes))
+            .unwrap()
+    }
+
+    fn sorted_names(bindings: &[Arc<AWSRoleBinding>]) -> Vec<String> {
+        let mut names: Vec<String> = bindings.iter().map(|b| b.name_any()).collect();
+        names.sort();
+        names
+    }
+
+    /// The index the webhook reads follows the bindings watch: filled by the list, then by
+    /// each event, on a mocked API server.
+    #[tokio::test]
+    async fn the_bindings_watch_keeps_the_namespace_index() {
+        use futures::StreamExt as _;
+        let deadline = std::time::Duration::from_secs(10);
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let (stores, mut watches) = watches(Client::new(service, "default"));
+        let api = tokio::spawn(async move {
+            let (list, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                list.uri().path(),
+                "/apis/credvend.io/v1alpha1/awsrolebindings"
+            );
+            send.send_response(response(serde_json::json!({
+                "apiVersion": "credvend.io/v1alpha1",
+                "kind": "AWSRoleBindingList",
+                "metadata": {"resourceVersion": "10"},
+                "items": [binding("a", "x"), binding("a", "y"), binding("b", "z")],
+            })));
+            let (watch, send) = handle.next_request().await.unwrap();
+            assert!(watch.uri().query().unwrap().contains("watch=true"));
+            let mut added = serde_json::to_value(binding("b", "w")).unwrap();
+            added["metadata"]["resourceVersion"] = "11".into();
+            send.send_response(response(serde_json::json!([
+                {"type": "ADDED", "object": added},
+            ])));
+            handle
+        });
+        // After the list: every binding, then the namespace the added one is in.
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let next = tokio::time::timeout(deadline, watches.bindings.next()).await;
+            seen.push(next.unwrap().unwrap().name);
+            if seen.len() == 3 {
+                assert_eq!(sorted_names(&stores.by_namespace.get("a")), ["x", "y"]);
+                assert_eq!(sorted_names(&stores.by_namespace.get("b")), ["z"]);
+            }
+        }
+        assert_eq!(sorted_names(&stores.by_namespace.get("b")), ["w", "z"]);
+        assert_eq!(sorted_names(&stores.by_namespace.get("a")), ["x", "y"]);
+        assert!(stores.bindings_synced());
+        drop(api);
+    }
+
     #[test]
     fn a_change_concerns_every_binding_of_its_namespace() {
         let (store, mut writer) = reflector::store();
@@ -278,8 +366,8 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(b));
         }
         let mut names: Vec<String> = in_namespace(&store, "a")
-            .into_iter()
-            .map(|r| r.name)
+            .iter()
+            .map(|b| b.name_any())
             .collect();
         names.sort();
         assert_eq!(names, ["x", "y"]);
