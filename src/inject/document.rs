@@ -70,16 +70,53 @@ impl PatchWriter {
         path: &PointerBuf,
         value: &impl Serialize,
     ) -> Result<(), serde_json::Error> {
+        self.open(path)?;
+        serde_json::to_writer(&mut self.text, value)?;
+        self.close();
+        Ok(())
+    }
+
+    /// Appends an `add` whose value is `json`, rendered earlier.
+    pub fn add_json(&mut self, path: &PointerBuf, json: &[u8]) -> Result<(), serde_json::Error> {
+        self.open(path)?;
+        self.text.extend_from_slice(json);
+        self.close();
+        Ok(())
+    }
+
+    /// Appends an `add` whose value is the array of `items`, each rendered earlier.
+    pub fn add_json_array(
+        &mut self,
+        path: &PointerBuf,
+        items: &[Vec<u8>],
+    ) -> Result<(), serde_json::Error> {
+        self.open(path)?;
+        self.text.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.text.push(b',');
+            }
+            self.text.extend_from_slice(item);
+        }
+        self.text.push(b']');
+        self.close();
+        Ok(())
+    }
+
+    /// Everything of an operation before its value.
+    fn open(&mut self, path: &PointerBuf) -> Result<(), serde_json::Error> {
         if self.operations > 0 {
             self.text.push(b',');
         }
         self.text.extend_from_slice(br#"{"op":"add","path":"#);
         serde_json::to_writer(&mut self.text, path.as_str())?;
         self.text.extend_from_slice(br#","value":"#);
-        serde_json::to_writer(&mut self.text, value)?;
+        Ok(())
+    }
+
+    fn close(&mut self) {
         self.text.push(b'}');
         self.operations += 1;
-        Ok(())
     }
 
     pub fn finish(mut self) -> PatchDocument {
@@ -113,6 +150,31 @@ mod tests {
         let expected: json_patch::Patch = serde_json::from_value(json!([
             {"op": "add", "path": "/metadata/labels/credvend.io~1binding", "value": "s3-reader"},
             {"op": "add", "path": "/spec/volumes", "value": [{"name": "a \"quoted\" name"}]},
+        ]))
+        .unwrap();
+        assert_eq!(doc.operations().unwrap(), expected);
+    }
+
+    #[test]
+    fn rendered_values_are_written_as_they_are() {
+        let mut writer = PatchWriter::new();
+        let volumes = PointerBuf::from_tokens(["spec", "volumes"]);
+        writer
+            .add_json_array(
+                &volumes,
+                &[br#"{"name":"a"}"#.to_vec(), br#"{"name":"b"}"#.to_vec()],
+            )
+            .unwrap();
+        writer
+            .add_json(&volumes.with_trailing_token("-"), br#"{"name":"c"}"#)
+            .unwrap();
+        writer.add_json_array(&volumes, &[]).unwrap();
+        let doc = writer.finish();
+        assert_eq!(doc.len(), 3);
+        let expected: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/spec/volumes", "value": [{"name": "a"}, {"name": "b"}]},
+            {"op": "add", "path": "/spec/volumes/-", "value": {"name": "c"}},
+            {"op": "add", "path": "/spec/volumes", "value": []},
         ]))
         .unwrap();
         assert_eq!(doc.operations().unwrap(), expected);

@@ -6,17 +6,19 @@
 //! `credvend.io/binding` go through JSON-pointer token escaping (`/` becomes `~1`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde::Serialize;
 
 use super::document::{PatchDocument, PatchWriter};
+use super::injector::{AgentJson, Injector};
 
 use super::select::{ContainerList, Target};
 use super::{
     ANNOTATION_BINDING_GENERATION, ANNOTATION_STATUS, InjectSettings, LABEL_BINDING,
-    STATUS_INJECTED, agent, apps,
+    STATUS_INJECTED, apps,
 };
 use crate::crd::{AWSRoleBinding, Validated};
 
@@ -62,25 +64,36 @@ impl<'a> Plan<'a> {
 type Ops = PatchWriter;
 
 /// The patch, in a fixed order: metadata, volumes, the agent, then each application container.
+/// The agent and its volumes come from `injector`'s renders when there is one.
 pub(super) fn build(
     pod: &Pod,
     spec: &PodSpec,
     plan: &Plan<'_>,
     settings: &InjectSettings,
+    injector: Option<&Injector>,
 ) -> Result<PatchDocument, serde_json::Error> {
     let mut ops = Ops::new();
     metadata(pod, plan, &mut ops)?;
-    add_items(
-        &mut ops,
-        pointer(&["spec", "volumes"]),
-        spec.volumes.is_some(),
-        &agent::volumes(&plan.bindings, settings),
-    )?;
-    let agent = agent::container(&plan.bindings, plan.port, settings);
-    if spec.init_containers.is_some() {
-        ops.add(&pointer(&["spec", "initContainers", "0"]), &agent)?;
+    let agent = match injector {
+        Some(injector) => injector.agent_json(&plan.bindings, plan.port)?,
+        None => Arc::new(AgentJson::render(&plan.bindings, plan.port, settings)?),
+    };
+    let volumes = pointer(&["spec", "volumes"]);
+    if spec.volumes.is_some() {
+        let append = volumes.with_trailing_token("-");
+        for volume in &agent.volumes {
+            ops.add_json(&append, volume)?;
+        }
     } else {
-        ops.add(&pointer(&["spec", "initContainers"]), &[&agent])?;
+        ops.add_json_array(&volumes, &agent.volumes)?;
+    }
+    if spec.init_containers.is_some() {
+        ops.add_json(&pointer(&["spec", "initContainers", "0"]), &agent.container)?;
+    } else {
+        ops.add_json_array(
+            &pointer(&["spec", "initContainers"]),
+            std::slice::from_ref(&agent.container),
+        )?;
     }
     for target in &plan.targets {
         app_container(target, plan, true, &mut ops)?;

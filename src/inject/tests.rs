@@ -1650,3 +1650,102 @@ fn chains_and_session_options_reach_the_agent_plan() {
     assert_eq!(hop.tags[0].key, "team");
     assert_eq!(hop.source_identity.as_deref(), Some("team-a"));
 }
+
+// ----- the injector's renders ----------------------------------------------------------------
+
+/// `b` as the API server returns it: with a uid and a resourceVersion.
+fn stored(mut b: AWSRoleBinding, resource_version: &str) -> AWSRoleBinding {
+    b.metadata.uid = Some(format!("uid-{}", b.metadata.name.clone().unwrap()));
+    b.metadata.resource_version = Some(resource_version.to_owned());
+    b
+}
+
+fn injector_decides(injector: &Injector, pod: &Value, bindings: &[AWSRoleBinding]) -> Decision {
+    let refs: Vec<&AWSRoleBinding> = bindings.iter().collect();
+    injector.decide(
+        &typed(pod),
+        &Candidates {
+            namespace: NS,
+            bindings: &refs,
+        },
+    )
+}
+
+#[test]
+fn the_injector_decides_every_golden_case_byte_for_byte_as_decide_does() {
+    let injector = Injector::new(settings());
+    for (i, case) in golden_cases().into_iter().enumerate() {
+        // Cases differ in their bindings' specs, so each is another version of the binding.
+        let bindings: Vec<AWSRoleBinding> = case
+            .bindings
+            .into_iter()
+            .map(|b| stored(b, &i.to_string()))
+            .collect();
+        let pure = decide_on(&case.pod, &bindings);
+        // The first decision renders the agent; the second is served from the render.
+        for round in ["rendered", "remembered"] {
+            assert_eq!(
+                injector_decides(&injector, &case.pod, &bindings),
+                pure,
+                "{}: {round}",
+                case.name
+            );
+        }
+    }
+    assert!(injector.renders_kept() > 0);
+}
+
+#[test]
+fn a_changed_binding_is_rendered_afresh() {
+    let injector = Injector::new(settings());
+    let before = vec![stored(binding("s3-reader", "app"), "7")];
+    injector_decides(&injector, &base_pod(), &before);
+    assert_eq!(injector.renders_kept(), 1);
+    // An edit gives a new resourceVersion, and the agent must carry the new role.
+    let after = vec![stored(
+        with(binding("s3-reader", "app"), |s| {
+            s.role_arn = "arn:aws:iam::111122223333:role/other".into();
+        }),
+        "8",
+    )];
+    let decision = injector_decides(&injector, &base_pod(), &after);
+    assert_eq!(decision, decide_on(&base_pod(), &after));
+    let Decision::Inject { patch, .. } = decision else {
+        panic!("expected an injection, got {decision:?}");
+    };
+    let text = String::from_utf8(patch.into_bytes()).unwrap();
+    assert!(text.contains("role/other"), "{text}");
+    assert_eq!(injector.renders_kept(), 2);
+    // Another port is another render, too.
+    let on_port = pod_with(json!({"metadata": {"annotations": {"credvend.io/port": "9000"}}}));
+    assert_eq!(
+        injector_decides(&injector, &on_port, &after),
+        decide_on(&on_port, &after)
+    );
+    assert_eq!(injector.renders_kept(), 3);
+}
+
+#[test]
+fn a_binding_without_uid_or_resource_version_is_never_remembered() {
+    let injector = Injector::new(settings());
+    let bindings = vec![binding("s3-reader", "app")];
+    assert_eq!(
+        injector_decides(&injector, &base_pod(), &bindings),
+        decide_on(&base_pod(), &bindings)
+    );
+    assert_eq!(injector.renders_kept(), 0);
+}
+
+#[test]
+fn the_injector_keeps_a_bounded_number_of_renders() {
+    let injector = Injector::new(settings());
+    for version in 0..300 {
+        let bindings = vec![stored(binding("s3-reader", "app"), &version.to_string())];
+        injector_decides(&injector, &base_pod(), &bindings);
+        assert!(
+            injector.renders_kept() <= 256,
+            "{}",
+            injector.renders_kept()
+        );
+    }
+}

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use self::metrics::OperatorMetrics;
 use crate::aws::StsEndpointAllowlist;
 use crate::controller;
-use crate::inject::{AgentResources, InjectSettings};
+use crate::inject::{AgentResources, InjectSettings, Injector};
 use crate::telemetry::LogFormat;
 use crate::webhook::admission::{Admission, StoreAndApi};
 use crate::webhook::tls::{self, TlsMode, TlsSettings};
@@ -279,13 +279,13 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let leaving = crate::server::Leaving::new();
     let admission = Arc::new(Admission {
         bindings: StoreAndApi {
-            store: stores.bindings.clone(),
+            by_namespace: stores.by_namespace.clone(),
             client: client.clone(),
         },
-        settings: InjectSettings {
+        injector: Injector::new(InjectSettings {
             allowed_sts_endpoints: allowed_sts_endpoints.clone(),
             ..args.inject_settings()
-        },
+        }),
         metrics: metrics.admission.clone(),
     });
     let webhook = tokio::spawn(crate::webhook::serve(

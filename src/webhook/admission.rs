@@ -24,12 +24,12 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource};
 
 use super::metrics::AdmissionMetrics;
+use crate::controller::BindingsByNamespace;
 use crate::crd::AWSRoleBinding;
-use crate::inject::{self, Candidates, Decision, InjectSettings};
+use crate::inject::{self, Candidates, Decision, Injector};
 
 /// A request body that is not an AdmissionReview we can answer.
 #[derive(Debug, thiserror::Error)]
@@ -62,19 +62,16 @@ pub trait BindingSource: Send + Sync {
     ) -> impl Future<Output = Result<Vec<AWSRoleBinding>, kube::Error>> + Send;
 }
 
-/// Bindings from the reflector store, with a live list on a miss.
+/// Bindings from the operator's cache (indexed by namespace, so a lookup costs the
+/// namespace's bindings, not the cluster's), with a live list on a miss.
 pub struct StoreAndApi {
-    pub store: Store<AWSRoleBinding>,
+    pub by_namespace: BindingsByNamespace,
     pub client: Client,
 }
 
 impl BindingSource for StoreAndApi {
     fn cached(&self, namespace: &str) -> Vec<Arc<AWSRoleBinding>> {
-        self.store
-            .state()
-            .into_iter()
-            .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
-            .collect()
+        self.by_namespace.get(namespace)
     }
 
     async fn live(&self, namespace: &str) -> Result<Vec<AWSRoleBinding>, kube::Error> {
@@ -86,7 +83,8 @@ impl BindingSource for StoreAndApi {
 /// The webhook's request handler.
 pub struct Admission<B> {
     pub bindings: B,
-    pub settings: InjectSettings,
+    /// The operator's settings, and the agent renders they gave.
+    pub injector: Injector,
     pub metrics: AdmissionMetrics,
 }
 
@@ -182,25 +180,23 @@ impl<B: BindingSource> Admission<B> {
     async fn decide(&self, pod: &Pod, namespace: &str) -> Result<Decision, kube::Error> {
         let cached = self.bindings.cached(namespace);
         let refs: Vec<&AWSRoleBinding> = cached.iter().map(Arc::as_ref).collect();
-        let first = inject::decide(
+        let first = self.injector.decide(
             pod,
             &Candidates {
                 namespace,
                 bindings: &refs,
             },
-            &self.settings,
         );
         match &first {
             Decision::Deny { reason } if reason.binding_missing() => {
                 let live = self.bindings.live(namespace).await?;
                 let refs: Vec<&AWSRoleBinding> = live.iter().collect();
-                Ok(inject::decide(
+                Ok(self.injector.decide(
                     pod,
                     &Candidates {
                         namespace,
                         bindings: &refs,
                     },
-                    &self.settings,
                 ))
             }
             _ => Ok(first),
@@ -314,6 +310,7 @@ mod tests {
 
     use super::*;
     use crate::crd::AWSRoleBindingSpec;
+    use crate::inject::InjectSettings;
 
     /// Bindings in memory; `live` returns `live_bindings` and counts calls.
     struct Fixed {
@@ -355,7 +352,7 @@ mod tests {
                 live_bindings: live,
                 live_calls: Mutex::new(0),
             },
-            settings: InjectSettings::default(),
+            injector: Injector::new(InjectSettings::default()),
             metrics: AdmissionMetrics::unregistered(),
         }
     }

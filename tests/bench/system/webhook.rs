@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
+use credvend::aws::StsEndpointAllowlist;
+use credvend::controller::BindingsByNamespace;
 use credvend::crd::AWSRoleBinding;
-use credvend::inject::{self, Candidates, InjectSettings};
+use credvend::inject::{self, Candidates, Decision, InjectSettings, Injector};
 use credvend::webhook::admission::{Admission, BindingSource, StoreAndApi};
 use credvend::webhook::metrics::AdmissionMetrics;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -236,7 +238,8 @@ pub async fn run(
 }
 
 /// The webhook's binding lookup (`StoreAndApi::cached`) with one binding in the store and
-/// with a thousand in a hundred namespaces: it scans the whole store on every review.
+/// with a thousand in a hundred namespaces (ten in the namespace looked up), the index filled
+/// from the store as the bindings watch fills it after a list.
 fn lookup(plan: &Plan, report: &mut Report, client: &kube::Client) {
     let filled = |count: usize| {
         let (store, mut writer) = kube::runtime::reflector::store::<AWSRoleBinding>();
@@ -247,8 +250,10 @@ fn lookup(plan: &Plan, report: &mut Report, client: &kube::Client) {
             b.metadata.uid = Some(format!("uid-{i}"));
             writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(b));
         }
+        let by_namespace = BindingsByNamespace::default();
+        by_namespace.rebuild(&store);
         StoreAndApi {
-            store,
+            by_namespace,
             client: client.clone(),
         }
     };
@@ -303,20 +308,39 @@ fn in_process(plan: &Plan, report: &mut Report, namespace: &str, review: &[u8]) 
     let mut binding = binding;
     binding.metadata.generation = Some(1);
     let pod: Pod = serde_json::from_value(pod(namespace, "app")).expect("pod");
-    let settings = InjectSettings::default();
+    // The operator's settings as the chart sets them: the binding's STS endpoint allowed.
+    // Without it every call here would time a denial, not the injection the row names.
+    let settings = InjectSettings {
+        allowed_sts_endpoints: StsEndpointAllowlist::aws_and(&[crate::STS.to_owned()])
+            .expect("the bench's STS endpoint is a valid pattern"),
+        ..InjectSettings::default()
+    };
     let refs = [&binding];
     let candidates = Candidates {
         namespace,
         bindings: &refs,
     };
+    assert!(
+        matches!(
+            inject::decide(&pod, &candidates, &settings),
+            Decision::Inject { .. }
+        ),
+        "the in-process pod is injected"
+    );
     let iterations = plan.micro_iterations;
     let mut decide = Vec::new();
     let mut whole = Vec::new();
     let admission = Admission {
         bindings: Fixed(vec![Arc::new(binding.clone())]),
-        settings: settings.clone(),
+        injector: Injector::new(settings.clone()),
         metrics: AdmissionMetrics::unregistered(),
     };
+    let answer = futures::executor::block_on(admission.review(review)).expect("review");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    assert_eq!(
+        answer["response"]["patchType"], "JSONPatch",
+        "the in-process review is injected: {answer}"
+    );
     for _ in 0..plan.repeats {
         decide.push(per_call(iterations, || {
             black_box(inject::decide(black_box(&pod), &candidates, &settings));
