@@ -5,7 +5,7 @@
 //! (the chart sends only such updates), so a label a user writes never counts a pod for a
 //! binding.
 //!
-//! The bindings come from the operator's in-memory store; only when the decision is "no such
+//! The bindings come from the operator's in-memory cache, by namespace; only when the decision is "no such
 //! binding" does the webhook list the namespace's bindings on the API server once and decide
 //! again, because a binding applied a moment before its pods may not have reached the store
 //! yet (the race users of other injectors hit most). A review that cannot be read gets a clear
@@ -15,6 +15,8 @@
 //! The review is decoded once, with the pod typed; only a review whose pod our types cannot
 //! read is decoded a second time, loosely, to answer it with its uid and the reason. The
 //! answer is written by [`wire`] (the patch as base64, not as kube-core's array of numbers).
+//! Decisions go through one [`Injector`], so the agent's part of the patch is rendered once
+//! per version of the pod's bindings, not once per pod.
 
 use std::borrow::Cow;
 use std::future::Future;
