@@ -5,12 +5,12 @@
 //! (the chart sends only such updates), so a label a user writes never counts a pod for a
 //! binding.
 //!
-//! The bindings come from the operator's in-memory cache, by namespace; only when the decision is "no such
-//! binding" does the webhook list the namespace's bindings on the API server once and decide
-//! again, because a binding applied a moment before its pods may not have reached the store
-//! yet (the race users of other injectors hit most). A review that cannot be read gets a clear
-//! error instead of a panic; a pod that cannot be decoded is denied with the reason, so nothing
-//! is ever half-injected.
+//! The bindings come from the operator's in-memory cache, by namespace; only when the decision
+//! is "no such binding" does the webhook list the namespace's bindings on the API server once
+//! and decide again, because a binding applied a moment before its pods may not have reached
+//! the cache yet (the race users of other injectors hit most). A review that cannot be read
+//! gets a clear error instead of a panic; a pod that cannot be decoded is denied with the
+//! reason, so nothing is ever half-injected.
 //!
 //! The review is decoded once, with the pod typed; only a review whose pod our types cannot
 //! read is decoded a second time, loosely, to answer it with its uid and the reason. The
