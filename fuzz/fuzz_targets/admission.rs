@@ -16,7 +16,7 @@ use std::sync::{Arc, LazyLock};
 use base64::Engine as _;
 use credvend::crd::{AWSRoleBinding, AWSRoleBindingSpec};
 use credvend::inject::{
-    ANNOTATION_BINDING_GENERATION, ANNOTATION_STATUS, InjectSettings, LABEL_BINDING,
+    ANNOTATION_BINDING_GENERATION, ANNOTATION_STATUS, InjectSettings, Injector, LABEL_BINDING,
     STATUS_INJECTED,
 };
 use credvend::operator::metrics::OperatorMetrics;
@@ -62,6 +62,9 @@ fn binding(name: &str, spec: Value) -> Arc<AWSRoleBinding> {
     let mut b = AWSRoleBinding::new(name, spec);
     b.metadata.namespace = Some("team-a".into());
     b.metadata.generation = Some(2);
+    // As the API server returns it, so the injector's remembered renders are fuzzed too.
+    b.metadata.uid = Some(format!("uid-{name}"));
+    b.metadata.resource_version = Some("7".into());
     Arc::new(b)
 }
 
@@ -92,7 +95,7 @@ static ADMISSION: LazyLock<Admission<Memory>> = LazyLock::new(|| {
                 json!({"serviceAccountName": "shared", "roleArn": arn}),
             ),
         ]),
-        settings: InjectSettings::default(),
+        injector: Injector::new(InjectSettings::default()),
         metrics: OperatorMetrics::new().expect("metrics").admission,
     }
 });
