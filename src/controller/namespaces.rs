@@ -55,7 +55,7 @@ impl BindingsByNamespace {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use kube::api::ObjectMeta;
@@ -64,7 +64,8 @@ mod tests {
 
     use super::*;
 
-    fn binding(ns: &str, name: &str) -> AWSRoleBinding {
+    /// A binding of service account `app`, as the API server would return it (with a uid).
+    pub(in crate::controller) fn binding(ns: &str, name: &str) -> AWSRoleBinding {
         AWSRoleBinding {
             metadata: ObjectMeta {
                 name: Some(name.into()),

@@ -227,25 +227,8 @@ fn in_namespace(store: &Store<AWSRoleBinding>, namespace: &str) -> Vec<Arc<AWSRo
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use kube::api::ObjectMeta;
-
+    use super::super::namespaces::tests::binding;
     use super::*;
-
-    fn binding(ns: &str, name: &str) -> AWSRoleBinding {
-        AWSRoleBinding {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                ..ObjectMeta::default()
-            },
-            spec: serde_json::from_value(serde_json::json!({
-                "serviceAccountName": "app",
-                "roleArn": "arn:aws:iam::111122223333:role/r",
-            }))
-            .unwrap(),
-            status: None,
-        }
-    }
 
     #[test]
     fn watch_events_name_the_objects_they_touch() {
