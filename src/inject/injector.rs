@@ -63,10 +63,6 @@ impl Injector {
         }
     }
 
-    pub fn settings(&self) -> &InjectSettings {
-        &self.settings
-    }
-
     /// The same decision as [`super::decide`] with these settings.
     pub fn decide(&self, pod: &Pod, candidates: &Candidates<'_>) -> Decision {
         super::decide_with(pod, candidates, &self.settings, Some(self))

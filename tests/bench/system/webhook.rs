@@ -307,6 +307,10 @@ fn in_process(plan: &Plan, report: &mut Report, namespace: &str, review: &[u8]) 
     let binding = crate::support::operator::binding_yaml("s3", namespace, "app", crate::STS);
     let mut binding = binding;
     binding.metadata.generation = Some(1);
+    // As the operator's cache holds it, so the review's Injector remembers its render, as the
+    // webhook's does.
+    binding.metadata.uid = Some("0b7c4c8e-1d2a-4f3b-9e6d-5a8f7c6b4d21".into());
+    binding.metadata.resource_version = Some("1".into());
     let pod: Pod = serde_json::from_value(pod(namespace, "app")).expect("pod");
     // The operator's settings as the chart sets them: the binding's STS endpoint allowed.
     // Without it every call here would time a denial, not the injection the row names.
