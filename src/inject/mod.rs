@@ -33,6 +33,8 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::crd::{self, AWSRoleBinding};
@@ -463,13 +465,13 @@ fn plan_and_build(
     let mut bindings = vec![patch::Served {
         binding: default,
         name: default_name,
-        validated: check_binding(default, candidates.namespace, settings)?,
+        validated: check_binding(default, candidates.namespace, settings, injector)?,
     }];
     for binding in select::extra_bindings(&options, default_name, service_account, candidates)? {
         bindings.push(patch::Served {
             binding,
             name: binding_name(binding),
-            validated: check_binding(binding, candidates.namespace, settings)?,
+            validated: check_binding(binding, candidates.namespace, settings, injector)?,
         });
     }
     let targets = select::targets(spec, &options);
@@ -531,7 +533,22 @@ fn plan_and_build(
 /// The binding must pass the controller's validation and the operator's policy: an invalid
 /// one would give the pod an agent that can never obtain credentials, and one whose STS
 /// endpoint is not allowed would send the pod's token to whoever runs that endpoint.
+///
+/// With an `injector`, a version of a binding that passed is not checked again.
 fn check_binding(
+    binding: &AWSRoleBinding,
+    namespace: &str,
+    settings: &InjectSettings,
+    injector: Option<&Injector>,
+) -> Result<Arc<crd::Validated>, DenyReason> {
+    let check = || validate_binding(binding, namespace, settings);
+    match injector {
+        Some(injector) => injector.validated(binding, check),
+        None => check().map(Arc::new),
+    }
+}
+
+fn validate_binding(
     binding: &AWSRoleBinding,
     namespace: &str,
     settings: &InjectSettings,

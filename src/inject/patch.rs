@@ -27,7 +27,8 @@ use crate::crd::{AWSRoleBinding, Validated};
 pub(super) struct Served<'a> {
     pub binding: &'a AWSRoleBinding,
     pub name: &'a str,
-    pub validated: Validated,
+    /// Shared with the [`super::Injector`]'s memo when the webhook decides.
+    pub validated: Arc<Validated>,
 }
 
 /// Everything decided about a pod that is going to be injected.

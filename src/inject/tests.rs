@@ -1693,6 +1693,7 @@ fn the_injector_decides_every_golden_case_byte_for_byte_as_decide_does() {
         }
     }
     assert!(injector.renders_kept() > 0);
+    assert!(injector.validations_kept() > 0);
 }
 
 #[test]
@@ -1716,6 +1717,11 @@ fn a_changed_binding_is_rendered_afresh() {
     let text = String::from_utf8(patch.into_bytes()).unwrap();
     assert!(text.contains("role/other"), "{text}");
     assert_eq!(injector.renders_kept(), 2);
+    assert_eq!(
+        injector.validations_kept(),
+        2,
+        "each version validated once"
+    );
     // Another port is another render, too.
     let on_port = pod_with(json!({"metadata": {"annotations": {"credvend.io/port": "9000"}}}));
     assert_eq!(
@@ -1734,6 +1740,27 @@ fn a_binding_without_uid_or_resource_version_is_never_remembered() {
         decide_on(&base_pod(), &bindings)
     );
     assert_eq!(injector.renders_kept(), 0);
+    assert_eq!(injector.validations_kept(), 0);
+}
+
+#[test]
+fn a_refused_binding_is_checked_again_for_every_pod() {
+    let injector = Injector::new(settings());
+    let invalid = vec![stored(
+        with(binding("s3-reader", "app"), |s| {
+            s.role_arn = "not-an-arn".into()
+        }),
+        "3",
+    )];
+    for _ in 0..2 {
+        let decision = injector_decides(&injector, &base_pod(), &invalid);
+        assert!(
+            matches!(decision, Decision::Deny { .. }),
+            "an invalid binding is refused every time: {decision:?}"
+        );
+        assert_eq!(decision, decide_on(&base_pod(), &invalid));
+    }
+    assert_eq!(injector.validations_kept(), 0);
 }
 
 #[test]
