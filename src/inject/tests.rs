@@ -1697,7 +1697,7 @@ fn the_injector_decides_every_golden_case_byte_for_byte_as_decide_does() {
 }
 
 #[test]
-fn a_changed_binding_is_rendered_afresh() {
+fn a_changed_binding_is_validated_and_rendered_afresh() {
     let injector = Injector::new(settings());
     let before = vec![stored(binding("s3-reader", "app"), "7")];
     injector_decides(&injector, &base_pod(), &before);
